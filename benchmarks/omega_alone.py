@@ -1,0 +1,140 @@
+"""Rank direct-recommendation candidates by Ω_user · Ω_item alone (no T5) on a P5 dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_store.errors import DataError
+from model_store.omega import Omega, random_omega, spectral_omega
+
+
+@dataclass
+class Beauty:
+    """Just what this benchmark needs of a P5 folder, in dense indices."""
+
+    n_users: int
+    n_items: int
+    train_users: np.ndarray  # (E,) int64, training edges
+    train_items: np.ndarray  # (E,) int64
+    test: np.ndarray  # (U,) last item of each user
+    negatives: np.ndarray  # (U, n_neg) int64
+
+
+def load_p5(folder: Path) -> Beauty:
+    """Read sequential_data.txt and negative_samples.txt; leave-one-out split, train edges only."""
+    seq_path, neg_path = folder / "sequential_data.txt", folder / "negative_samples.txt"
+    user_index: dict[str, int] = {}
+    item_index: dict[str, int] = {}
+    sequences: list[list[int]] = []
+    with seq_path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4:
+                raise DataError(f"{seq_path}:{line_no}: need a user and at least 3 items")
+            if fields[0] in user_index:
+                raise DataError(f"{seq_path}:{line_no}: user {fields[0]} repeated")
+            user_index[fields[0]] = len(sequences)
+            sequences.append([item_index.setdefault(tok, len(item_index)) for tok in fields[1:]])
+    negatives: list[list[int] | None] = [None] * len(sequences)
+    with neg_path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            user = user_index.get(fields[0])
+            if user is None:
+                raise DataError(f"{neg_path}:{line_no}: unknown user {fields[0]}")
+            try:
+                negatives[user] = [item_index[tok] for tok in fields[1:]]
+            except KeyError as exc:
+                raise DataError(f"{neg_path}:{line_no}: unknown item {exc.args[0]}") from None
+    if any(n is None for n in negatives) or len({len(n or []) for n in negatives}) != 1:
+        raise DataError(f"{neg_path}: every user needs the same number of negatives")
+    train_users = np.fromiter((u for u, s in enumerate(sequences) for _ in s[:-2]), dtype=np.int64)
+    train_items = np.fromiter((i for s in sequences for i in s[:-2]), dtype=np.int64)
+    return Beauty(
+        n_users=len(sequences),
+        n_items=len(item_index),
+        train_users=train_users,
+        train_items=train_items,
+        test=np.array([s[-1] for s in sequences], dtype=np.int64),
+        negatives=np.array(negatives, dtype=np.int64),
+    )
+
+
+def hr_ndcg(scores: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """scores[:, 0] is the positive; ties count as ranked above it. Returns (HR@k, NDCG@k)."""
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)  # 0-based rank of the positive
+    hit = rank < k
+    return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+
+
+def candidates(data: Beauty) -> np.ndarray:
+    return np.concatenate([data.test[:, None], data.negatives], axis=1)
+
+
+def omega_scores(omega: Omega, cand: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Ω_user · Ω_item for every (user, candidate), in float64, a block of users at a time."""
+    items_t = omega.items.astype(np.float64).T
+    out = np.empty(cand.shape, dtype=np.float64)
+    for start in range(0, len(cand), chunk):
+        block = omega.users[start : start + chunk].astype(np.float64) @ items_t
+        out[start : start + chunk] = np.take_along_axis(block, cand[start : start + chunk], axis=1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/beauty"))
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--ks", type=int, nargs="+", default=[32, 64, 128, 256])
+    args = parser.parse_args(argv)
+
+    data = load_p5(args.data)
+    cand = candidates(data)
+    print(f"{args.data.name}: {data.n_users} users, {data.n_items} items, {len(data.train_users)} train edges")
+    builders: list[tuple[str, Callable[[], Omega]]] = [
+        (
+            f"random d={args.dim} layers 0..4",
+            lambda: random_omega(data.n_users, data.n_items, data.train_users, data.train_items,
+                                 args.dim, 1.0, 4, 0, True),
+        ),
+        (
+            f"random d={args.dim} layers 1..4",
+            lambda: random_omega(data.n_users, data.n_items, data.train_users, data.train_items,
+                                 args.dim, 1.0, 4, 0, False),
+        ),
+    ]
+    for k in args.ks:
+        for e0 in (True, False):
+            builders.append(
+                (
+                    f"spectral k={k} layers {0 if e0 else 1}..4",
+                    lambda k=k, e0=e0: spectral_omega(data.n_users, data.n_items, data.train_users,
+                                                      data.train_items, k, 4, e0),
+                )
+            )
+    rows: list[tuple[str, float, float, float | None]] = []
+    popularity = np.bincount(data.train_items, minlength=data.n_items).astype(np.float64)
+    rows.append(("popularity (train count)", *hr_ndcg(popularity[cand]), None))
+    for name, build in builders:
+        start = time.perf_counter()
+        omega = build()
+        seconds = time.perf_counter() - start
+        rows.append((name, *hr_ndcg(omega_scores(omega, cand)), seconds))
+    print(f"{'score':<32} {'HR@10':>7} {'NDCG@10':>8} {'build s':>8}")
+    for name, hr, ndcg, seconds in rows:
+        build_s = f"{seconds:8.2f}" if seconds is not None else f"{'-':>8}"
+        print(f"{name:<32} {hr:7.4f} {ndcg:8.4f} {build_s}")
+
+
+if __name__ == "__main__":
+    main()

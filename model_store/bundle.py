@@ -1,0 +1,291 @@
+"""The bundle: a folder that training writes and the service reads (config, weights, Ω, ids, data, metrics).
+
+Layout (no pickle anywhere):
+    config.json          BundleConfig: preset, model and Ω settings, dataset stats, protocol
+    model.safetensors    ElmrecModel weights (the frozen Ω table is not among them)
+    omega.safetensors    the Ω table and what fold-in needs
+    ids.json             the id codec (external <-> internal ids)
+    dataset.npz          sequences and direct-task negatives (numpy, allow_pickle=False)
+    tokenizer/           the t5 tokenizer files
+    metrics.json         offline metrics with their protocol
+    curve.png            training curve (optional)
+    MANIFEST.sha256      sha256 of every other file, `sha256sum -c` format
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_model, save_model
+
+from model_store.codec import IdCodec
+from model_store.config import ModelConfig, OmegaConfig
+from model_store.engine import InferenceEngine
+from model_store.errors import BundleError
+from model_store.model import ElmrecModel
+from model_store.omega import Omega
+from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.sha256"
+REQUIRED = ("config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json")
+
+
+class DatasetInfo(BaseModel):
+    """What the model was trained on."""
+
+    name: str
+    source: str
+    n_users: int
+    n_items: int
+    n_interactions: int
+
+
+class Protocol(BaseModel):
+    """How train/valid/test and the graph were made: every metric is reported with this."""
+
+    id_scheme: str
+    graph: str = "train"  # Ω graph built from training interactions only
+    split: str = "leave-one-out"
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return "honest" if self.id_scheme == "shuffled" and self.graph == "train" else "reproduction"
+
+
+class BundleConfig(BaseModel):
+    """config.json."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    model_version: str
+    created: str
+    preset: str
+    preset_settings: dict[str, Any]
+    model: ModelConfig
+    omega: OmegaConfig
+    dataset: DatasetInfo
+    protocol: Protocol
+    max_history: int
+    rerank_n: int
+    beam: int
+    popular_items: list[int]  # dense item indices by training popularity, for the popularity fallback
+
+
+@dataclass
+class BundleData:
+    """The dataset as the bundle records it: full sequences (train + valid + test) and negatives."""
+
+    sequences: list[list[int]]
+    negatives: list[list[int]]
+
+
+@dataclass
+class Bundle:
+    """A verified bundle in memory."""
+
+    path: Path
+    config: BundleConfig
+    codec: IdCodec
+    omega: Omega
+    data: BundleData
+    metrics: dict[str, Any]
+
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    def build_model(self) -> ElmrecModel:
+        """The model with its weights loaded (on CPU)."""
+        return build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir())
+
+    def engine(self, device: str | torch.device = "cpu") -> InferenceEngine:
+        id_tokens = IdTokens(load_tokenizer(self.tokenizer_dir()), self.codec.user_numbers,
+                             self.codec.item_numbers)
+        model = build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir(),
+                            id_tokens)
+        builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
+                                self.config.model.max_whole_word)
+        return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed)
+
+
+def omega_matrix(omega: Omega) -> torch.Tensor:
+    """Ω rows of users then items, as the model indexes them."""
+    return torch.from_numpy(np.concatenate([omega.users, omega.items]).astype(np.float32))
+
+
+def build_model(
+    path: Path, config: ModelConfig, omega: Omega, codec: IdCodec, tokenizer_dir: Path,
+    id_tokens: IdTokens | None = None,
+) -> ElmrecModel:
+    tokens = id_tokens or IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers, codec.item_numbers)
+    model = ElmrecModel(config, omega_matrix(omega), tokens.output_tokens)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except Exception as exc:  # shape mismatch, corrupt header
+        raise BundleError(f"{path}: model.safetensors does not fit config.json: {exc}") from exc
+    if missing or unexpected:
+        raise BundleError(f"{path}: model.safetensors does not fit config.json "
+                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ragged(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.fromiter((x for r in rows for x in r), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def _unragged(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    values = flat.tolist()
+    bounds = offsets.tolist()
+    return [values[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+def new_model_version(state: dict[str, torch.Tensor]) -> str:
+    """A version string: UTC time + a short hash of the weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().float().numpy().tobytes()[:4096])
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + digest.hexdigest()[:8]
+
+
+def save_bundle(
+    path: Path,
+    config: BundleConfig,
+    model: ElmrecModel,
+    omega: Omega,
+    codec: IdCodec,
+    data: BundleData,
+    metrics: dict[str, Any],
+    curve_png: Path | None = None,
+    tokenizer_dir: Path = TOKENIZER_DIR,
+) -> Path:
+    """Write a bundle atomically: into a temporary folder beside `path`, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(config.model_dump_json(indent=2))
+        save_model(model, str(tmp / "model.safetensors"))
+        save_numpy(omega.to_tensors(), str(tmp / "omega.safetensors"),
+                   metadata={"kind": omega.kind, "params": json.dumps(omega.params)})
+        (tmp / "ids.json").write_text(json.dumps(codec.to_json()))
+        seq_flat, seq_off = _ragged(data.sequences)
+        neg_flat, neg_off = _ragged(data.negatives)
+        np.savez_compressed(tmp / "dataset.npz", seq_items=seq_flat, seq_offsets=seq_off,
+                            neg_items=neg_flat, neg_offsets=neg_off)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        if curve_png is not None and curve_png.exists():
+            shutil.copy(curve_png, tmp / "curve.png")
+        write_manifest(tmp)
+        for entry in [tmp, *tmp.rglob("*")]:
+            entry.chmod(0o755 if entry.is_dir() else 0o644)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise BundleError unless every file listed matches its sha256 and every required file is listed."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{folder}: not a bundle ({MANIFEST} is missing)")
+    listed: set[str] = set()
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if not name or len(digest) != 64:
+            raise BundleError(f"{manifest}:{number}: malformed manifest line")
+        target = folder / name
+        if not target.is_file():
+            raise BundleError(f"{folder}: {name} is listed in the manifest but missing")
+        if _sha256(target) != digest:
+            raise BundleError(f"{folder}: {name} is corrupt (sha256 differs from the manifest)")
+        listed.add(name)
+    for name in REQUIRED:
+        if name not in listed:
+            raise BundleError(f"{folder}: required file {name} is not in the manifest")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle; a corrupt or incompatible one raises BundleError naming the problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: bundle folder not found")
+    verify_manifest(path)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}/config.json: not valid JSON ({exc})") from exc
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version!r} is not supported (this code reads "
+                          f"format {FORMAT_VERSION})")
+    try:
+        config = BundleConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path}/config.json: {exc}") from exc
+    codec = IdCodec.from_json(json.loads((path / "ids.json").read_text()))
+    tensors = load_numpy(str(path / "omega.safetensors"))
+    with safe_open(str(path / "omega.safetensors"), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+    omega = Omega.from_tensors(tensors, kind=meta.get("kind", config.omega.kind),
+                               params=json.loads(meta.get("params", "{}")))
+    with np.load(path / "dataset.npz", allow_pickle=False) as npz:
+        sequences = _unragged(npz["seq_items"], npz["seq_offsets"])
+        negatives = _unragged(npz["neg_items"], npz["neg_offsets"])
+    if codec.n_users != config.dataset.n_users or codec.n_items != config.dataset.n_items:
+        raise BundleError(f"{path}: ids.json and config.json disagree on the number of users/items")
+    if omega.users.shape[0] != codec.n_users or omega.items.shape[0] != codec.n_items:
+        raise BundleError(f"{path}: omega.safetensors does not match the number of users/items")
+    if omega.users.shape[1] != config.model.omega_dim:
+        raise BundleError(f"{path}: Ω width {omega.users.shape[1]} != model omega_dim "
+                          f"{config.model.omega_dim}")
+    if len(sequences) != codec.n_users:
+        raise BundleError(f"{path}: dataset.npz holds {len(sequences)} users, expected {codec.n_users}")
+    metrics = json.loads((path / "metrics.json").read_text())
+    return Bundle(path, config, codec, omega, BundleData(sequences, negatives), metrics)

@@ -1,0 +1,232 @@
+"""The one inference engine: exact candidate scoring (direct) and trie-constrained beam search (sequential).
+
+Both the offline evaluator (`training/evaluate.py`) and the API (`service/`) call this, so served
+rankings equal the offline ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model_store.fast_decoder import GroupedT5Decoder, SelfCache
+from model_store.model import PAD_ID, ElmrecModel
+from model_store.prompts import IdTokens, PromptBuilder, pad_encoder
+from model_store.trie import ItemTrie
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An item (dense index) with its log-likelihood under the model."""
+
+    item: int
+    score: float
+
+
+class InferenceEngine:
+    """Ranks items for users with an `ElmrecModel`; stateless apart from the model."""
+
+    def __init__(
+        self,
+        model: ElmrecModel,
+        builder: PromptBuilder,
+        id_tokens: IdTokens,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        max_rows: int = 4096,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.builder = builder
+        self.device = torch.device(device)
+        self.seed = seed
+        self.max_rows = max_rows
+        self.restricted = model.config.restrict_vocab
+        vocab = len(model.output_tokens) if self.restricted else model.config.vocab_size
+        targets = id_tokens.targets
+        self.item_tokens = targets
+        self.item_labels = [self._label(t) for t in targets]
+        self.trie = ItemTrie(self.item_labels, vocab)
+        self.label_to_token = (
+            model.output_tokens.cpu().numpy() if self.restricted else np.arange(vocab, dtype=np.int64)
+        )
+        self.decoder = GroupedT5Decoder(model.t5.get_decoder())
+
+    def _label(self, tokens: Sequence[int]) -> list[int]:
+        if not self.restricted:
+            return list(tokens)
+        lookup = self.model.output_lookup.cpu()
+        return [int(lookup[t]) for t in tokens]
+
+    @contextlib.contextmanager
+    def _mode(self) -> Iterator[None]:
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            yield
+
+    def candidate_order(self, user: int, candidates: Sequence[int]) -> list[int]:
+        """The order candidates take in the prompt: a shuffle that depends only on (seed, user, set)."""
+        unique = sorted(set(int(c) for c in candidates))
+        rng = np.random.default_rng([self.seed, int(user), len(unique)])
+        return [unique[i] for i in rng.permutation(len(unique))]
+
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.model.logits(hidden, self.restricted).float(), dim=-1)
+
+    # -- direct recommendation ----------------------------------------------------------------
+    def score_direct(
+        self, users: Sequence[int], candidates: Sequence[Sequence[int]]
+    ) -> list[dict[int, float]]:
+        """Exact log-likelihood of every candidate of every user: {item: log p(item | prompt)}."""
+        orders = [self.candidate_order(u, c) for u, c in zip(users, candidates, strict=True)]
+        out: list[dict[int, float]] = []
+        widest = max((len(o) for o in orders), default=1)
+        per_chunk = max(1, self.max_rows // max(widest, 1))
+        for start in range(0, len(orders), per_chunk):
+            chunk_users = users[start : start + per_chunk]
+            chunk_orders = orders[start : start + per_chunk]
+            out.extend(self._score_chunk(chunk_users, chunk_orders))
+        return out
+
+    def _score_chunk(self, users: Sequence[int], orders: list[list[int]]) -> list[dict[int, float]]:
+        rows = [self.builder.direct(u, o) for u, o in zip(users, orders, strict=True)]
+        batch = pad_encoder(rows).to(self.device)
+        g = max(len(o) for o in orders)
+        t = max(len(self.item_labels[i]) for o in orders for i in o)
+        labels = np.zeros((len(orders), g, t), dtype=np.int64)
+        valid = np.zeros((len(orders), g, t), dtype=bool)
+        dec_in = np.full((len(orders), g, t), PAD_ID, dtype=np.int64)
+        for b, order in enumerate(orders):
+            for j, item in enumerate(order):
+                lab, tok = self.item_labels[item], self.item_tokens[item]
+                labels[b, j, : len(lab)] = lab
+                valid[b, j, : len(lab)] = True
+                dec_in[b, j, 1 : len(tok)] = tok[:-1]
+        with self._mode():
+            states, mask = self.model.encode("direct", batch.input_ids, batch.attention_mask, batch.ww)
+            cross = self.decoder.cross_cache(states, mask)
+            hidden, _ = self.decoder(torch.from_numpy(dec_in).to(self.device), cross)
+            logp = self._log_probs(hidden * self.model.output_scale)
+            lab_t = torch.from_numpy(labels).to(self.device)
+            picked = logp.gather(-1, lab_t.unsqueeze(-1)).squeeze(-1)
+            picked = picked * torch.from_numpy(valid).to(self.device)
+            totals = picked.sum(-1).cpu().numpy()
+        return [
+            {item: float(totals[b, j]) for j, item in enumerate(order)} for b, order in enumerate(orders)
+        ]
+
+    def rank_direct(self, user: int, candidates: Sequence[int], k: int) -> list[Scored]:
+        """Top-k candidates by likelihood (ties: lower dense index first, deterministic)."""
+        scores = self.score_direct([user], [candidates])[0]
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [Scored(i, s) for i, s in ranked[:k]]
+
+    # -- sequential recommendation ------------------------------------------------------------
+    def beam_sequential(
+        self, users: Sequence[int], histories: Sequence[Sequence[int]], beam: int
+    ) -> list[list[Scored]]:
+        """Beam search constrained to real items; per user up to `beam` items, best first."""
+        out: list[list[Scored]] = []
+        per_chunk = max(1, self.max_rows // max(beam, 1))
+        for start in range(0, len(users), per_chunk):
+            out.extend(
+                self._beam_chunk(users[start : start + per_chunk], histories[start : start + per_chunk], beam)
+            )
+        return out
+
+    def _beam_chunk(
+        self, users: Sequence[int], histories: Sequence[Sequence[int]], beam: int
+    ) -> list[list[Scored]]:
+        rows = [self.builder.sequential(u, h) for u, h in zip(users, histories, strict=True)]
+        batch = pad_encoder(rows).to(self.device)
+        b = len(rows)
+        vocab = self.trie.children.shape[1]
+        nodes = np.zeros((b, 1), dtype=np.int64)
+        scores = torch.zeros((b, 1), device=self.device)
+        finished = np.zeros((b, 1), dtype=bool)
+        tokens = torch.full((b, 1, 1), PAD_ID, dtype=torch.long, device=self.device)
+        past: SelfCache | None = None
+        label_to_token = torch.from_numpy(self.label_to_token).to(self.device)
+        with self._mode():
+            states, mask = self.model.encode(
+                "sequential", batch.input_ids, batch.attention_mask, batch.ww
+            )
+            cross = self.decoder.cross_cache(states, mask)
+            for _ in range(self.trie.max_depth):
+                if finished.all():
+                    break
+                g = nodes.shape[1]
+                hidden, past = self.decoder(tokens, cross, past)
+                logp = self._log_probs(hidden[:, :, -1] * self.model.output_scale)  # (B, G, V)
+                children = self.trie.allowed(nodes.reshape(-1)).reshape(b, g, vocab)
+                allowed = torch.from_numpy(children > 0).to(self.device)
+                cand = torch.where(allowed, scores.unsqueeze(-1) + logp, torch.tensor(-torch.inf))
+                done = torch.from_numpy(finished).to(self.device)
+                stay = torch.full_like(cand, -torch.inf)
+                stay[..., 0] = scores
+                cand = torch.where(done.unsqueeze(-1), stay, cand)
+                top = torch.topk(cand.reshape(b, -1), k=min(beam, g * vocab), dim=-1)
+                src = (top.indices // vocab).cpu().numpy()
+                tok = (top.indices % vocab).cpu().numpy()
+                scores = top.values
+                was_done = np.take_along_axis(finished, src, axis=1)
+                prev = np.take_along_axis(nodes, src, axis=1)
+                stepped = np.take_along_axis(children.reshape(b, g * vocab), src * vocab + tok, axis=1) - 1
+                nodes = np.where(was_done, prev, stepped)
+                dead = ~torch.isfinite(scores).cpu().numpy()
+                nodes = np.where(dead, 0, nodes)
+                finished = was_done | dead | (self.trie.leaf_item[nodes] >= 0)
+                index = torch.from_numpy(src).to(self.device)
+                past = [(_pick(k, index), _pick(v, index)) for k, v in past]
+                tokens = label_to_token[torch.from_numpy(tok).to(self.device)].unsqueeze(-1)
+            final = scores.float().cpu().numpy()
+        results: list[list[Scored]] = []
+        for r in range(b):
+            items = [
+                Scored(int(self.trie.leaf_item[n]), float(s))
+                for n, s in zip(nodes[r], final[r], strict=True)
+                if self.trie.leaf_item[n] >= 0 and np.isfinite(s)
+            ]
+            results.append(sorted(items, key=lambda x: -x.score))
+        return results
+
+    def recommend_sequential(
+        self,
+        users: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        k: int,
+        extra: int,
+        filter_history: bool = True,
+        beam: int | None = None,
+    ) -> list[list[Scored]]:
+        """History-filtering reranking: generate k+N with a beam >= max(20, k+N), drop history, keep k."""
+        width = max(beam or 20, k + extra)
+        generated = self.beam_sequential(users, histories, width)
+        return [
+            filter_rerank(items, hist, k, extra, filter_history)
+            for hist, items in zip(histories, generated, strict=True)
+        ]
+
+
+def filter_rerank(
+    generated: Sequence[Scored], history: Sequence[int], k: int, extra: int, filter_history: bool
+) -> list[Scored]:
+    """The paper's reranking (Eq. 12): keep the first k+N generated, drop history items, return k."""
+    pool = list(generated[: k + extra])
+    if filter_history:
+        seen = set(history)
+        pool = [s for s in pool if s.item not in seen]
+    return pool[:k]
+
+
+def _pick(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Select beams (B, K) from a per-beam tensor (B, G, ...)."""
+    shape = index.shape + (1,) * (cache.dim() - 2)
+    return torch.gather(cache, 1, index.view(shape).expand(*index.shape, *cache.shape[2:]))

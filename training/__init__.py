@@ -1,0 +1,1 @@
+"""Offline training: data loading, splitting, negative sampling and fine-tuning of ELMRec."""

@@ -1,0 +1,57 @@
+"""Resumable training state without pickle: weights and optimizer moments in safetensors, the rest in JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+    best: nn.Module | None = None,
+) -> None:
+    """Write model, optimizer and `state` (JSON-able) atomically into `folder`."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    if best is not None:
+        save_model(best, str(tmp / "best.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    for index, param_state in optimizer.state_dict()["state"].items():
+        for name, value in param_state.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{index}.{name}"] = tensor.detach().cpu().contiguous()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    state = dict(state, torch_rng=torch.get_rng_state().tolist())
+    (tmp / "state.json").write_text(json.dumps(state))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, best: nn.Module | None = None
+) -> dict[str, Any]:
+    """Restore what save_checkpoint wrote; returns the JSON state."""
+    load_model(model, str(folder / "model.safetensors"))
+    if best is not None and (folder / "best.safetensors").exists():
+        load_model(best, str(folder / "best.safetensors"))
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    opt_state = optimizer.state_dict()
+    restored: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        restored.setdefault(int(index), {})[name] = value
+    opt_state["state"] = restored
+    optimizer.load_state_dict(opt_state)
+    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    return state

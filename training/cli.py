@@ -1,0 +1,110 @@
+"""Command line: `python -m training train|evaluate|baselines ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from model_store.errors import ElmrecError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.trainer import RunSpec, train
+
+    spec = RunSpec(data=Path(args.data), preset=args.preset, out=Path(args.out), limit_users=args.limit_users,
+                   id_scheme=args.id_scheme, max_minutes=args.max_minutes, resume=args.resume, seed=args.seed,
+                   device=args.device, omega_kind=args.omega, epochs=args.epochs,
+                   reviews=Path(args.reviews) if args.reviews else None)
+    path = train(spec)
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    print(f"bundle written to {path}")
+    for task in ("direct", "sequential"):
+        if task in metrics:
+            m = metrics[task]
+            print(f"  test {task:10s} HR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} "
+                  f"HR@10 {m['hr@10']:.4f} NDCG@10 {m['ndcg@10']:.4f} ({m['users']} users)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model_store.bundle import load_bundle
+    from training.evaluate import evaluate_bundle
+
+    bundle = load_bundle(args.bundle)
+    result = evaluate_bundle(bundle, args.task, args.split, args.limit_users, args.filter_history,
+                             args.device, progress=not args.json)
+    _print(result, args.json)
+    return 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from training.baselines import run_baselines
+
+    results = run_baselines(Path(args.data), args.task, split=args.split, id_scheme=args.id_scheme,
+                            limit_users=args.limit_users, seed=args.seed, methods=args.methods)
+    _print(results, args.json)
+    return 0
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train ELMRec and write a bundle")
+    t.add_argument("--data", required=True, help="P5 folder or interactions file (csv/tsv/parquet)")
+    t.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--limit-users", type=int, default=None, help="first N users in file order")
+    t.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
+    t.add_argument("--omega", default=None, choices=["random", "spectral"],
+                   help="Ω kind (default: spectral for shuffled ids, random for the p5 reproduction)")
+    t.add_argument("--max-minutes", type=float, default=None)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--reviews", default=None, help="jsonl {user, item, text} to train explanation")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a bundle on its own recorded split")
+    e.add_argument("--bundle", required=True)
+    e.add_argument("--task", required=True, choices=["direct", "sequential"])
+    e.add_argument("--split", default="test", choices=["valid", "test"])
+    e.add_argument("--limit-users", type=int, default=None)
+    e.add_argument("--filter-history", action=argparse.BooleanOptionalAction, default=True)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    b = sub.add_parser("baselines", help="popularity, ItemKNN, Ω alone, the P5 leak rule")
+    b.add_argument("--data", required=True)
+    b.add_argument("--task", required=True, choices=["direct", "sequential"])
+    b.add_argument("--split", default="test", choices=["valid", "test"])
+    b.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
+    b.add_argument("--limit-users", type=int, default=None)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--methods", nargs="*", default=None)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_baselines)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (ElmrecError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

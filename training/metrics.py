@@ -1,0 +1,41 @@
+"""Ranking metrics: HR@k and NDCG@k from the 0-based rank of the held-out item (None = not ranked)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+CUTOFFS: tuple[int, ...] = (5, 10)
+
+
+def hit(rank: int | None, k: int) -> float:
+    return 1.0 if rank is not None and rank < k else 0.0
+
+
+def ndcg(rank: int | None, k: int) -> float:
+    """One relevant item: 1 / log2(rank + 2) inside the top k."""
+    return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
+
+
+def summarize(ranks: Sequence[int | None], cutoffs: Iterable[int] = CUTOFFS) -> dict[str, float]:
+    """Mean HR@k / NDCG@k over users (each user counted once)."""
+    n = max(len(ranks), 1)
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        out[f"hr@{k}"] = sum(hit(r, k) for r in ranks) / n
+        out[f"ndcg@{k}"] = sum(ndcg(r, k) for r in ranks) / n
+    return out
+
+
+def rank_with_ties_against(scores: dict[int, float], positive: int) -> int:
+    """0-based rank of `positive` when every other item with an equal score is ranked above it."""
+    target = scores[positive]
+    return sum(1 for item, s in scores.items() if item != positive and s >= target)
+
+
+def rank_in_list(ranked: Sequence[int], positive: int) -> int | None:
+    """0-based position of `positive` in a ranked list, None when absent."""
+    for position, item in enumerate(ranked):
+        if item == positive:
+            return position
+    return None

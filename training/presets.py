@@ -1,0 +1,121 @@
+"""Training presets (tiny / small / paper) and the paper's per-dataset α, σ, N (Table 9)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model_store.config import ModelConfig, OmegaConfig, OmegaKind
+
+
+class TaskHyper(BaseModel):
+    """α (whole-word weight), σ (Ω scale) and N (rerank extra) of one dataset."""
+
+    alpha_direct: float
+    sigma_direct: float
+    alpha_sequential: float
+    sigma_sequential: float
+    rerank_n: int
+
+
+# Table 9 of the paper (the prose of A.1.1 swaps some of these; the table is used).
+PAPER_TABLE9: dict[str, TaskHyper] = {
+    "sports": TaskHyper(alpha_direct=5, sigma_direct=5, alpha_sequential=1, sigma_sequential=5, rerank_n=10),
+    "beauty": TaskHyper(alpha_direct=9, sigma_direct=6, alpha_sequential=6, sigma_sequential=6, rerank_n=15),
+    "toys": TaskHyper(alpha_direct=11, sigma_direct=5, alpha_sequential=9, sigma_sequential=5, rerank_n=10),
+}
+# Any other dataset: the middle of the table (documented in docs/TRAINING.md).
+GENERIC_HYPER = TaskHyper(alpha_direct=9, sigma_direct=5, alpha_sequential=6, sigma_sequential=5, rerank_n=10)
+
+
+def dataset_hyper(name: str) -> TaskHyper:
+    return PAPER_TABLE9.get(name.lower(), GENERIC_HYPER)
+
+
+class Preset(BaseModel):
+    """Everything a training run needs besides the data."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    model: ModelConfig
+    omega_kind: OmegaKind | Literal["auto"] = "auto"  # auto: spectral (honest), random (p5 reproduction)
+    omega_dim: int = 64  # spectral k; random Ω always has d_model features
+    omega_include_e0: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    epochs: int = 10
+    train_negatives: int = Field(19, ge=1, description="negatives beside the positive in a direct prompt")
+    max_history: int = 20
+    eval_every: int = 500  # optimizer steps between validations
+    eval_users: int = 500  # validation users (a fixed random subset) used for early stopping
+    patience: int = 5
+    test_users: int | None = None  # users scored for the bundle's test metrics (None = all)
+    beam: int = 20
+    max_minutes: float | None = None
+
+    def omega(self, id_scheme: str, sigma: float, seed: int) -> OmegaConfig:
+        kind: OmegaKind
+        if self.omega_kind == "auto":
+            kind = "random" if id_scheme == "p5" else "spectral"
+        else:
+            kind = self.omega_kind
+        dim = self.model.d_model if kind == "random" else self.omega_dim
+        return OmegaConfig(kind=kind, dim=dim, sigma=sigma, layers=4, include_e0=self.omega_include_e0,
+                           seed=seed)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        model=ModelConfig(d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1, num_heads=4,
+                          dropout=0.0, max_whole_word=32),
+        omega_dim=8,
+        lr=3e-3,
+        warmup_steps=5,
+        batch_size=16,
+        epochs=2,
+        train_negatives=4,
+        max_history=8,
+        eval_every=20,
+        eval_users=20,
+        patience=3,
+        beam=20,
+    ),
+    "small": Preset(
+        name="small",
+        model=ModelConfig(d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4,
+                          dropout=0.1, max_whole_word=32),
+        omega_dim=64,
+        lr=2e-3,
+        warmup_steps=200,
+        batch_size=64,
+        epochs=3,
+        train_negatives=19,
+        max_history=20,
+        eval_every=400,
+        eval_users=500,
+        patience=4,
+        test_users=2000,
+        max_minutes=8.0,
+    ),
+    "paper": Preset(
+        name="paper",
+        model=ModelConfig(d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_decoder_layers=6, num_heads=8,
+                          dropout=0.1, max_whole_word=128),
+        omega_dim=64,
+        lr=1e-3,
+        warmup_steps=500,
+        batch_size=64,
+        epochs=20,
+        train_negatives=99,
+        max_history=50,
+        eval_every=2000,
+        eval_users=2000,
+        patience=5,
+    ),
+}
