@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,40 +99,31 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_p5(args.data)
     cand = candidates(data)
-    print(f"{args.data.name}: {data.n_users} users, {data.n_items} items, {len(data.train_users)} train edges")
-    builders: list[tuple[str, Callable[[], Omega]]] = [
-        (
-            f"random d={args.dim} layers 0..4",
-            lambda: random_omega(data.n_users, data.n_items, data.train_users, data.train_items,
-                                 args.dim, 1.0, 4, 0, True),
-        ),
-        (
-            f"random d={args.dim} layers 1..4",
-            lambda: random_omega(data.n_users, data.n_items, data.train_users, data.train_items,
-                                 args.dim, 1.0, 4, 0, False),
-        ),
-    ]
-    for k in args.ks:
-        for e0 in (True, False):
-            builders.append(
-                (
-                    f"spectral k={k} layers {0 if e0 else 1}..4",
-                    lambda k=k, e0=e0: spectral_omega(data.n_users, data.n_items, data.train_users,
-                                                      data.train_items, k, 4, e0),
-                )
-            )
-    rows: list[tuple[str, float, float, float | None]] = []
+    print(
+        f"{args.data.name}: {data.n_users} users, {data.n_items} items, {len(data.train_users)} train edges"
+    )
+
+    def build(kind: str, size: int, include_e0: bool) -> Omega:
+        edges = (data.n_users, data.n_items, data.train_users, data.train_items)
+        if kind == "random":
+            return random_omega(*edges, dim=size, sigma=1.0, layers=4, seed=0, include_e0=include_e0)
+        return spectral_omega(*edges, k=size, layers=4, include_e0=include_e0)
+
+    configs = [("random", args.dim, e0) for e0 in (True, False)]
+    configs += [("spectral", k, e0) for k in args.ks for e0 in (True, False)]
     popularity = np.bincount(data.train_items, minlength=data.n_items).astype(np.float64)
-    rows.append(("popularity (train count)", *hr_ndcg(popularity[cand]), None))
-    for name, build in builders:
+    hr, ndcg = hr_ndcg(popularity[cand])
+    rows: list[tuple[str, float, float, str]] = [("popularity (train count)", hr, ndcg, "-")]
+    for kind, size, e0 in configs:
         start = time.perf_counter()
-        omega = build()
+        omega = build(kind, size, e0)
         seconds = time.perf_counter() - start
-        rows.append((name, *hr_ndcg(omega_scores(omega, cand)), seconds))
+        hr, ndcg = hr_ndcg(omega_scores(omega, cand))
+        name = f"{kind} {'d' if kind == 'random' else 'k'}={size} layers {0 if e0 else 1}..4"
+        rows.append((name, hr, ndcg, f"{seconds:.2f}"))
     print(f"{'score':<32} {'HR@10':>7} {'NDCG@10':>8} {'build s':>8}")
-    for name, hr, ndcg, seconds in rows:
-        build_s = f"{seconds:8.2f}" if seconds is not None else f"{'-':>8}"
-        print(f"{name:<32} {hr:7.4f} {ndcg:8.4f} {build_s}")
+    for name, hr, ndcg, build_s in rows:
+        print(f"{name:<32} {hr:7.4f} {ndcg:8.4f} {build_s:>8}")
 
 
 if __name__ == "__main__":

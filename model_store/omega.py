@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +48,7 @@ class Omega:
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         """Arrays to store (e.g. in a safetensors file); ``kind``/``params`` go to the metadata."""
-        out = {
+        out: dict[str, np.ndarray] = {
             "users": np.ascontiguousarray(self.users, dtype=np.float32),
             "items": np.ascontiguousarray(self.items, dtype=np.float32),
             "user_degree": np.ascontiguousarray(self.user_degree, dtype=np.int64),
@@ -58,9 +59,7 @@ class Omega:
         return out
 
     @classmethod
-    def from_tensors(
-        cls, tensors: dict[str, np.ndarray], kind: str, params: dict[str, ParamValue]
-    ) -> Omega:
+    def from_tensors(cls, tensors: dict[str, np.ndarray], kind: str, params: dict[str, ParamValue]) -> Omega:
         """Inverse of :meth:`to_tensors`; raises BundleError on missing or inconsistent arrays."""
         if kind not in ("random", "spectral"):
             raise BundleError(f"unknown Ω kind {kind!r} (expected 'random' or 'spectral')")
@@ -159,6 +158,13 @@ def _check_layers(layers: int, include_e0: bool) -> int:
     return 0 if include_e0 else 1
 
 
+def _propagate(matrix: sp.csr_matrix, source: np.ndarray, accumulator: np.ndarray) -> np.ndarray:
+    """matrix @ source, added in place to accumulator; returns the product."""
+    out = np.asarray(matrix @ source)
+    accumulator += out
+    return out
+
+
 def random_omega(
     n_users: int,
     n_items: int,
@@ -189,11 +195,13 @@ def random_omega(
     eu, ei = e[:n_users], e[n_users:]
     acc_u = eu.copy() if first == 0 else np.zeros_like(eu)
     acc_i = ei.copy() if first == 0 else np.zeros_like(ei)
-    for _ in range(layers):
-        # Â [eu; ei] = [Rn ei; Rnᵀ eu] — the two halves of one LightGCN layer.
-        eu, ei = rn32 @ ei, rn32_t @ eu
-        acc_u += eu
-        acc_i += ei
+    # Â [eu; ei] = [Rn ei; Rnᵀ eu]: the two halves of a LightGCN layer run on two threads
+    # (scipy's sparse products release the GIL); each half is computed exactly as serially.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(layers):
+            next_u = pool.submit(_propagate, rn32, ei, acc_u)
+            next_i = pool.submit(_propagate, rn32_t, eu, acc_i)
+            eu, ei = next_u.result(), next_i.result()
     count = np.float32(layers + 1 - first)
     acc_u /= count
     acc_i /= count
