@@ -42,6 +42,9 @@ class ModelConfig(BaseModel):
     alpha_direct: float = 9.0
     alpha_sequential: float = 6.0
     alpha_explanation: float = 1.0
+    balanced_init: bool = Field(
+        True, description="initialise whole-word paths so α·whole-word starts at the token embeddings' scale"
+    )
     restrict_vocab: bool = Field(
         True, description="recommendation outputs scored over the tokens of item ids (+ EOS) only"
     )

@@ -82,21 +82,38 @@ class InferenceEngine:
 
     # -- direct recommendation ----------------------------------------------------------------
     def score_direct(
-        self, users: Sequence[int], candidates: Sequence[Sequence[int]]
+        self,
+        users: Sequence[int | None],
+        candidates: Sequence[Sequence[int]],
+        user_rows: Sequence[np.ndarray | None] | None = None,
     ) -> list[dict[int, float]]:
-        """Exact log-likelihood of every candidate of every user: {item: log p(item | prompt)}."""
-        orders = [self.candidate_order(u, c) for u, c in zip(users, candidates, strict=True)]
+        """Exact log-likelihood of every candidate of every user: {item: log p(item | prompt)}.
+
+        A user given as None is a cold-start user; its folded-in Ω row comes from `user_rows`.
+        """
+        rows_in = list(user_rows) if user_rows is not None else [None] * len(users)
+        orders = [self.candidate_order(-1 if u is None else u, c)
+                  for u, c in zip(users, candidates, strict=True)]
         out: list[dict[int, float]] = []
         widest = max((len(o) for o in orders), default=1)
         per_chunk = max(1, self.max_rows // max(widest, 1))
         for start in range(0, len(orders), per_chunk):
-            chunk_users = users[start : start + per_chunk]
-            chunk_orders = orders[start : start + per_chunk]
-            out.extend(self._score_chunk(chunk_users, chunk_orders))
+            end = start + per_chunk
+            out.extend(self._score_chunk(users[start:end], orders[start:end], rows_in[start:end]))
         return out
 
-    def _score_chunk(self, users: Sequence[int], orders: list[list[int]]) -> list[dict[int, float]]:
-        rows = [self.builder.direct(u, o) for u, o in zip(users, orders, strict=True)]
+    def _score_chunk(
+        self, users: Sequence[int | None], orders: list[list[int]], user_rows: Sequence[np.ndarray | None]
+    ) -> list[dict[int, float]]:
+        extra: list[np.ndarray] = []
+        rows = []
+        for u, o, r in zip(users, orders, user_rows, strict=True):
+            if u is None:
+                if r is None:
+                    raise ValueError("a cold-start user needs its folded-in Ω row")
+                extra.append(np.asarray(r, dtype=np.float32))
+            rows.append(self.builder.direct(u, o, cold_slot=max(len(extra) - 1, 0)))
+        extra_omega = torch.from_numpy(np.stack(extra)).to(self.device) if extra else None
         batch = pad_encoder(rows).to(self.device)
         g = max(len(o) for o in orders)
         t = max(len(self.item_labels[i]) for o in orders for i in o)
@@ -110,7 +127,8 @@ class InferenceEngine:
                 valid[b, j, : len(lab)] = True
                 dec_in[b, j, 1 : len(tok)] = tok[:-1]
         with self._mode():
-            states, mask = self.model.encode("direct", batch.input_ids, batch.attention_mask, batch.ww)
+            states, mask = self.model.encode("direct", batch.input_ids, batch.attention_mask, batch.ww,
+                                              extra_omega)
             cross = self.decoder.cross_cache(states, mask)
             hidden, _ = self.decoder(torch.from_numpy(dec_in).to(self.device), cross)
             logp = self._log_probs(hidden * self.model.output_scale)
@@ -122,15 +140,17 @@ class InferenceEngine:
             {item: float(totals[b, j]) for j, item in enumerate(order)} for b, order in enumerate(orders)
         ]
 
-    def rank_direct(self, user: int, candidates: Sequence[int], k: int) -> list[Scored]:
+    def rank_direct(
+        self, user: int | None, candidates: Sequence[int], k: int, user_row: np.ndarray | None = None
+    ) -> list[Scored]:
         """Top-k candidates by likelihood (ties: lower dense index first, deterministic)."""
-        scores = self.score_direct([user], [candidates])[0]
+        scores = self.score_direct([user], [candidates], [user_row])[0]
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         return [Scored(i, s) for i, s in ranked[:k]]
 
     # -- sequential recommendation ------------------------------------------------------------
     def beam_sequential(
-        self, users: Sequence[int], histories: Sequence[Sequence[int]], beam: int
+        self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int
     ) -> list[list[Scored]]:
         """Beam search constrained to real items; per user up to `beam` items, best first."""
         out: list[list[Scored]] = []
@@ -142,7 +162,7 @@ class InferenceEngine:
         return out
 
     def _beam_chunk(
-        self, users: Sequence[int], histories: Sequence[Sequence[int]], beam: int
+        self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int
     ) -> list[list[Scored]]:
         rows = [self.builder.sequential(u, h) for u, h in zip(users, histories, strict=True)]
         batch = pad_encoder(rows).to(self.device)
@@ -199,7 +219,7 @@ class InferenceEngine:
 
     def recommend_sequential(
         self,
-        users: Sequence[int],
+        users: Sequence[int | None],
         histories: Sequence[Sequence[int]],
         k: int,
         extra: int,

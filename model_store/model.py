@@ -57,30 +57,58 @@ class ElmrecModel(nn.Module):
             nn.Identity() if config.omega_dim == config.d_model
             else nn.Linear(config.omega_dim, config.d_model, bias=False)
         )
+        if config.balanced_init:
+            self._balance_init(omega)
         tokens = torch.as_tensor(sorted(set(output_tokens) | {EOS_ID}), dtype=torch.long)
         lookup = torch.full((config.vocab_size,), -1, dtype=torch.long)
         lookup[tokens] = torch.arange(len(tokens))
         self.register_buffer("output_tokens", tokens, persistent=False)
         self.register_buffer("output_lookup", lookup, persistent=False)
 
+    @torch.no_grad()
+    def _balance_init(self, omega: torch.Tensor) -> None:
+        """α·whole-word starts with unit std, like the (randomly initialised) token embeddings.
+
+        With a random-init T5, α·Ω at the paper's σ would otherwise drown the token identity that
+        the decoder must copy; training is free to grow the whole-word paths again.
+        """
+        seq_alpha = max(abs(self.config.alpha_sequential), 1e-6)
+        nn.init.normal_(self.incremental_words.weight, std=1.0 / seq_alpha)
+        alpha = max(abs(self.config.alpha_direct), 1e-6)
+        std = float(omega.float().std()) if omega.numel() > 1 else 1.0
+        if isinstance(self.omega_proj, nn.Linear):
+            nn.init.normal_(self.omega_proj.weight, std=1.0 / (alpha * max(std, 1e-6) * self.config.omega_dim**0.5))
+
     # -- encoder -------------------------------------------------------------------------------
-    def whole_word(self, task: str, ww: torch.Tensor) -> torch.Tensor:
-        """Whole-word vectors (B, T, d) for the ids `ww` of one task."""
+    def whole_word(
+        self, task: str, ww: torch.Tensor, extra_omega: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Whole-word vectors (B, T, d) for the ids `ww` of one task.
+
+        `extra_omega` (E, k) holds folded-in rows of nodes absent from the graph (cold-start users);
+        ww values past the Ω table point into it.
+        """
         is_id = ww > 0
         index = (ww - 1).clamp(min=0)
         if task == "sequential":
             ids = self.incremental_words(index.clamp(max=self.config.max_whole_word - 1))
         else:
-            ids = self.omega_proj(self.omega[index])
+            n = self.omega.shape[0]
+            rows = self.omega[index.clamp(max=n - 1)]
+            if extra_omega is not None and extra_omega.shape[0] > 0:
+                extra = extra_omega.to(rows.dtype)[(index - n).clamp(min=0, max=extra_omega.shape[0] - 1)]
+                rows = torch.where((index >= n).unsqueeze(-1), extra, rows)
+            ids = self.omega_proj(rows)
         general = self.general_word.expand_as(ids)
         return torch.where(is_id.unsqueeze(-1), ids, general)
 
     def encode(
-        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, ww: torch.Tensor
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, ww: torch.Tensor,
+        extra_omega: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states (B, P+T, d) and their mask, with the task's prompt vectors in front."""
         tokens = self.t5.get_input_embeddings()(input_ids)
-        embeds = tokens + self.config.alpha(task) * self.whole_word(task, ww)
+        embeds = tokens + self.config.alpha(task) * self.whole_word(task, ww, extra_omega)
         batch = input_ids.shape[0]
         prompt = self.prompts[TASKS.index(task)].unsqueeze(0).expand(batch, -1, -1)
         prompt = prompt + self.config.alpha(task) * self.general_word

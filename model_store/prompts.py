@@ -39,6 +39,8 @@ class IdTokens:
         self, tokenizer: PreTrainedTokenizerBase, user_numbers: Sequence[int], item_numbers: Sequence[int]
     ) -> None:
         self.users = _tokenize(tokenizer, [f"user_{n}" for n in user_numbers])
+        # Users the bundle never saw share one id string, one past the largest known number.
+        self.cold_user = _tokenize(tokenizer, [f"user_{max(user_numbers, default=0) + 1}"])[0]
         self.items = _tokenize(tokenizer, [f"item_{n}" for n in item_numbers])
         prefix = self.items[0][:2] if self.items else []
         if any(tokens[:2] != prefix or len(tokens) < 3 for tokens in self.items):
@@ -68,20 +70,30 @@ class PromptBuilder:
         self.max_history = max_history
         self.max_whole_word = max_whole_word
 
-    def direct(self, user: int, candidates: Sequence[int]) -> tuple[list[int], list[int]]:
-        """`user_u item_a item_b ...`; whole-word ids point at the Ω rows of the user and each item."""
-        ids = list(self.tokens.users[user])
-        ww = [user + 1] * len(ids)
+    def user_tokens(self, user: int | None) -> list[int]:
+        return list(self.tokens.cold_user if user is None else self.tokens.users[user])
+
+    def direct(
+        self, user: int | None, candidates: Sequence[int], cold_slot: int = 0
+    ) -> tuple[list[int], list[int]]:
+        """`user_u item_a item_b ...`; whole-word ids point at the Ω rows of the user and each item.
+
+        A cold user (None) points at row `cold_slot` of the extra Ω rows passed to the model.
+        """
+        n_items = len(self.tokens.items)
+        ids = self.user_tokens(user)
+        row = self.n_users + n_items + cold_slot if user is None else user
+        ww = [row + 1] * len(ids)
         for item in candidates:
             toks = self.tokens.items[item]
             ids += toks
             ww += [self.n_users + item + 1] * len(toks)
         return ids + [EOS_ID], ww + [0]
 
-    def sequential(self, user: int, history: Sequence[int]) -> tuple[list[int], list[int]]:
+    def sequential(self, user: int | None, history: Sequence[int]) -> tuple[list[int], list[int]]:
         """`user_u item_1 ... item_n` (last `max_history` items); incremental whole-word ids #0, #1.."""
         recent = list(history)[-self.max_history :] if self.max_history > 0 else list(history)
-        ids = list(self.tokens.users[user])
+        ids = self.user_tokens(user)
         ww = [1] * len(ids)
         for position, item in enumerate(recent, start=1):
             toks = self.tokens.items[item]

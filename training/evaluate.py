@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model_store.engine import InferenceEngine, filter_rerank
+from model_store.errors import DataError
 from training.metrics import rank_in_list, rank_with_ties_against, summarize
 
 
@@ -104,7 +105,7 @@ def evaluate_bundle(
     import torch
 
     if limit_users is not None and limit_users < 1:
-        raise ValueError(f"--limit-users must be >= 1, got {limit_users}")
+        raise DataError(f"--limit-users must be >= 1, got {limit_users}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     engine = bundle.engine(dev)

@@ -1,0 +1,28 @@
+"""First-stage candidate retrieval by Ω inner product, and the popularity fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from model_store.omega import Omega
+
+
+def retrieve(omega: Omega, user_row: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[int]:
+    """The k items with the largest Ω_user · Ω_item, excluding `exclude`, best first (ties: lower index)."""
+    scores = omega.items @ np.asarray(user_row, dtype=np.float32)
+    blocked = np.fromiter(set(exclude), dtype=np.int64)
+    if blocked.size:
+        scores[blocked] = -np.inf
+    k = max(0, min(k, int(np.isfinite(scores).sum())))
+    if k == 0:
+        return []
+    top = np.argpartition(-scores, k - 1)[:k]
+    return [int(i) for i in sorted(top, key=lambda i: (-scores[i], i))]
+
+
+def popular(popular_items: Sequence[int], k: int, exclude: Iterable[int] = ()) -> list[int]:
+    """The k most popular training items not in `exclude`."""
+    seen = set(exclude)
+    return [i for i in popular_items if i not in seen][:k]

@@ -1,0 +1,72 @@
+"""The app factory: `create_app(settings)` wires settings, metrics, middleware, error handlers and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.errors import ServiceError, StartupError
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.middleware import BodySizeLimitMiddleware
+from service.routes import health, info, recommend, users
+from service.runtime import Runtime, start_runtime
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Startup: load, warm up, then serve; shutdown: drain batchers, close the store and the model thread."""
+    try:
+        runtime = await start_runtime(app.state.settings, app.state.metrics)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        raise
+    app.state.runtime = runtime
+    try:
+        yield
+    finally:
+        app.state.runtime = None
+        await runtime.close()
+
+
+async def service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app (with its own metrics registry); the bundle is loaded when the app starts (lifespan)."""
+    settings = settings if settings is not None else Settings()
+    logging.getLogger("service").setLevel(settings.LOG_LEVEL)
+    metrics = ServiceMetrics()
+    app = FastAPI(
+        title="ELMRec recommendation API",
+        summary="Direct (candidate ranking) and sequential (next item) recommendation from a trained bundle",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    for router in (recommend, users, health, info):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=app.router.routes)
+    return app
+
+
+__all__ = ["Runtime", "create_app"]

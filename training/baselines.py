@@ -1,0 +1,202 @@
+"""Baselines in the same harness as ELMRec: same split, same candidates, same metrics, train-only fitting."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from model_store.codec import IdCodec
+from model_store.errors import DataError
+from model_store.omega import Omega, random_omega, spectral_omega
+from training.data import load_data
+from training.evaluate import EvalCase, split_cases
+from training.metrics import rank_in_list, summarize
+from training.negatives import negatives_for
+from training.split import leave_one_out, train_edges
+from training.trainer import subset_users
+
+Scorer = Callable[[int, Sequence[int]], np.ndarray]  # (user, history) -> scores over all items
+METHODS = ("popularity", "itemknn", "omega-spectral", "omega-random", "p5-leak")
+
+
+class Harness:
+    """Train-only statistics shared by the baselines."""
+
+    def __init__(self, n_users: int, n_items: int, train: Sequence[Sequence[int]]) -> None:
+        self.n_users, self.n_items = n_users, n_items
+        self.users, self.items = _edges(train)
+        self.popularity = np.bincount(self.items, minlength=n_items).astype(np.float64)
+        matrix = sp.csr_matrix((np.ones(len(self.users)), (self.users, self.items)),
+                               shape=(n_users, n_items))
+        matrix.data[:] = 1.0
+        self.matrix = matrix
+
+    def item_similarity(self, shrink: float = 10.0) -> sp.csr_matrix:
+        """Cosine item-item similarity with shrinkage, diagonal removed."""
+        co = (self.matrix.T @ self.matrix).tocsr().astype(np.float64)
+        norms = np.sqrt(np.asarray(self.matrix.sum(axis=0)).ravel())
+        co.setdiag(0.0)
+        co.eliminate_zeros()
+        coo = co.tocoo()
+        values = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
+        return sp.csr_matrix((values, (coo.row, coo.col)), shape=co.shape)
+
+
+def _edges(train: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    users = np.fromiter((u for u, seq in enumerate(train) for _ in seq), dtype=np.int64)
+    items = np.fromiter((i for seq in train for i in seq), dtype=np.int64)
+    return users, items
+
+
+def itemknn_scorer(harness: Harness, decay: float, shrink: float = 10.0) -> Scorer:
+    """Σ_t decay^(n-1-t) · sim(h_t, ·): similarity to the history, recent items weighing more."""
+    sim = harness.item_similarity(shrink)
+    pop = harness.popularity / max(harness.popularity.max(), 1.0) * 1e-6  # tie-break by popularity
+
+    def score(user: int, history: Sequence[int]) -> np.ndarray:
+        if not history:
+            return pop.copy()
+        weights = decay ** np.arange(len(history) - 1, -1, -1, dtype=np.float64)
+        row = sp.csr_matrix((weights, (np.zeros(len(history), dtype=np.int64), np.asarray(history))),
+                            shape=(1, harness.n_items))
+        return np.asarray((row @ sim).todense()).ravel() + pop
+
+    return score
+
+
+def omega_scorer(omega: Omega) -> Scorer:
+    """Ω alone: user row · item row for direct (known user), sum of history rows · item row otherwise."""
+
+    def score(user: int, history: Sequence[int]) -> np.ndarray:
+        if user >= 0:
+            return omega.items @ omega.users[user]
+        return omega.items @ omega.items[np.asarray(history, dtype=np.int64)].sum(axis=0)
+
+    return score
+
+
+def sequential_omega_scorer(omega: Omega) -> Scorer:
+    inner = omega_scorer(omega)
+    return lambda user, history: inner(-1, history)
+
+
+def leak_scorer(codec: IdCodec) -> Scorer:
+    """The P5 id leak: score items by closeness above max(history) in P5's consecutive numbering."""
+    numbers = codec.item_numbers.astype(np.float64)
+
+    def score(user: int, history: Sequence[int]) -> np.ndarray:
+        top = max(numbers[np.asarray(history, dtype=np.int64)]) if history else 0.0
+        gap = numbers - top
+        return np.where(gap > 0, -gap, -1e9 + gap)
+
+    return score
+
+
+def rank_direct(score: Scorer, case: EvalCase, rng: np.random.Generator) -> list[int | None]:
+    """Rank of the positive among its candidates; ties broken at random (seeded), never in its favour."""
+    ranks: list[int | None] = []
+    for user, history, target, negs in zip(case.users, case.histories, case.targets, case.negatives,
+                                           strict=True):
+        scores = score(user, history)
+        cands = np.asarray([target, *negs], dtype=np.int64)
+        s = scores[cands]
+        above = int((s[1:] > s[0]).sum())
+        ties = int((s[1:] == s[0]).sum())
+        ranks.append(above + int(rng.integers(0, ties + 1)) if ties else above)
+    return ranks
+
+
+def rank_sequential(score: Scorer, case: EvalCase, filter_history: bool, k: int = 10) -> list[int | None]:
+    ranks: list[int | None] = []
+    for user, history, target in zip(case.users, case.histories, case.targets, strict=True):
+        scores = score(user, history).astype(np.float64)
+        if filter_history and history:
+            scores[np.asarray(history, dtype=np.int64)] = -np.inf
+        top = np.argpartition(-scores, k)[: k + 1] if len(scores) > k + 1 else np.arange(len(scores))
+        ranked = sorted(top.tolist(), key=lambda i: (-scores[i], i))[:k]
+        ranks.append(rank_in_list(ranked, target))
+    return ranks
+
+
+def evaluate_scorer(score: Scorer, case: EvalCase, task: str, seed: int) -> dict[str, Any]:
+    if task == "direct":
+        return dict(summarize(rank_direct(score, case, np.random.default_rng([seed, 5]))))
+    out: dict[str, Any] = dict(summarize(rank_sequential(score, case, True)))
+    out["unfiltered"] = summarize(rank_sequential(score, case, False))
+    return out
+
+
+def run_baselines(
+    data_path: Path, task: str, split: str = "test", id_scheme: str = "shuffled",
+    limit_users: int | None = None, seed: int = 0, methods: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every baseline on one dataset/task/split; ItemKNN's recency decay is chosen on validation."""
+    chosen = list(methods or [m for m in METHODS if m != "p5-leak" or id_scheme == "p5"])
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise DataError(f"unknown baseline(s) {unknown}; choose from {', '.join(METHODS)}")
+    data = load_data(data_path)
+    if limit_users is not None:
+        data = subset_users(data, limit_users)
+    negatives = negatives_for(data)
+    parts = leave_one_out(data.sequences)
+    harness = Harness(data.n_users, data.n_items, parts.train)
+    case = split_cases(data.sequences, negatives, split)
+    direct_case = case
+    if task == "direct":  # known users: the scorer gets the user index, not -1
+        direct_case = case
+    codec = IdCodec.build(data.user_ids, data.item_ids, scheme=id_scheme, seed=seed,
+                          p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers)
+    users, items = train_edges(parts)
+    results: list[dict[str, Any]] = []
+    for method in chosen:
+        start = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if method == "popularity":
+            pop = harness.popularity
+            scorer: Scorer = lambda u, h, pop=pop: pop  # noqa: E731
+        elif method == "itemknn":
+            decay = _tune_decay(harness, data.sequences, negatives, task, seed)
+            scorer = itemknn_scorer(harness, decay)
+            extra["decay"] = decay
+        elif method in ("omega-spectral", "omega-random"):
+            if method == "omega-spectral":
+                omega = spectral_omega(data.n_users, data.n_items, users, items,
+                                       k=min(64, data.n_users, data.n_items))
+            else:
+                omega = random_omega(data.n_users, data.n_items, users, items, dim=512, sigma=1.0, seed=seed)
+            scorer = omega_scorer(omega) if task == "direct" else sequential_omega_scorer(omega)
+            extra["omega"] = omega.params
+        else:
+            if id_scheme != "p5":
+                raise DataError("the p5-leak rule only means something under --id-scheme p5")
+            scorer = leak_scorer(codec)
+        metrics = evaluate_scorer(scorer, direct_case, task, seed)
+        results.append({
+            "method": method, "dataset": data.name, "task": task, "split": split, "seed": seed,
+            "users": len(case.users), "device": f"cpu ({os.cpu_count()} cores)",
+            "seconds": round(time.perf_counter() - start, 2),
+            "protocol": {"id_scheme": id_scheme, "graph": "train", "split": "leave-one-out",
+                         "label": "honest" if id_scheme == "shuffled" else "reproduction"},
+            **metrics, **extra,
+        })
+    return results
+
+
+def _tune_decay(harness: Harness, sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]],
+                task: str, seed: int, grid: Sequence[float] = (1.0, 0.8, 0.6, 0.4, 0.2)) -> float:
+    """Recency decay with the best validation NDCG@10 (on up to 3,000 validation users)."""
+    users = list(range(min(len(sequences), 3000)))
+    valid = split_cases(sequences, negatives, "valid", users)
+    best, best_score = grid[0], -1.0
+    for decay in grid:
+        score = evaluate_scorer(itemknn_scorer(harness, decay), valid, task, seed)["ndcg@10"]
+        if score > best_score:
+            best, best_score = decay, score
+    return best
