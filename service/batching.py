@@ -70,7 +70,8 @@ class MicroBatcher(Generic[JobT, ResultT]):
     def start(self) -> None:
         """Start collecting (call from the running event loop)."""
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.task}")
+            loop = asyncio.get_running_loop()
+            self._worker = loop.create_task(self._collect(), name=f"batcher-{self.task}")
 
     async def stop(self) -> None:
         """Stop collecting; jobs still waiting fail with NotReadyError."""

@@ -177,7 +177,7 @@ class Recommender:
         """Items ordered by training popularity; score = minus the popularity rank (0 = most popular)."""
         unranked = len(self.popularity_rank)
         ranked = sorted(set(items), key=lambda i: (self.popularity_rank.get(i, unranked), i))
-        return [Scored(i, -float(self.popularity_rank.get(i, unranked))) for i in ranked[:k]]
+        return [Scored(i, float(-self.popularity_rank.get(i, unranked))) for i in ranked[:k]]
 
     async def recommend_direct(self, request: DirectRequest) -> RecommendResponse:
         candidates: list[int] | None = None
@@ -198,7 +198,8 @@ class Recommender:
             row, fallback = fold_in(self.bundle.omega, np.asarray(history, dtype=np.int64), side="user"), \
                 "cold_start"
         else:
-            pool = candidates if candidates is not None else popular(self.bundle.config.popular_items, request.k)
+            pool = candidates if candidates is not None else popular(self.bundle.config.popular_items,
+                                                                     request.k)
             return self._answer(request.user_id, self.by_popularity(pool, request.k), "popularity")
         if candidates is None:
             candidates = retrieve(self.bundle.omega, row, self.max_candidates, exclude=history)

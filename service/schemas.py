@@ -25,10 +25,10 @@ class StrictBody(BaseModel):
 class DirectRequest(StrictBody):
     user_id: ExternalId = Field(description="the user's external id")
     candidates: list[ExternalId] | None = Field(
-        None, min_length=1, max_length=LIST_CAP,
+        default=None, min_length=1, max_length=LIST_CAP,
         description="item ids to rank (at most ELMREC_MAX_CANDIDATES); absent = retrieve by Ω first",
     )
-    k: int = Field(10, ge=1, le=MAX_K, description="items to return")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="items to return")
 
     model_config = ConfigDict(
         extra="forbid",
@@ -39,13 +39,13 @@ class DirectRequest(StrictBody):
 class SequentialRequest(StrictBody):
     user_id: ExternalId = Field(description="the user's external id")
     history: list[ExternalId] | None = Field(
-        None, max_length=LIST_CAP,
-        description="the user's items, oldest first (at most ELMREC_HISTORY_MAX_LEN); absent = stored history",
+        default=None, max_length=LIST_CAP,
+        description="the user's items, oldest first (at most ELMREC_HISTORY_MAX_LEN); absent = stored",
     )
-    k: int = Field(10, ge=1, le=MAX_K, description="items to return")
-    filter_history: bool = Field(True, description="drop items of the history from the answer")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="items to return")
+    filter_history: bool = Field(default=True, description="drop items of the history from the answer")
     extra: int | None = Field(
-        None, ge=0, le=MAX_EXTRA, description="N of the reranking (generate k+N); absent = ELMREC_RERANK_EXTRA"
+        default=None, ge=0, le=MAX_EXTRA, description="N of the rerank (k+N generated); absent = RERANK_EXTRA"
     )
 
     model_config = ConfigDict(
@@ -59,7 +59,7 @@ class InteractionsRequest(StrictBody):
 
 class ScoredItem(BaseModel):
     item_id: str
-    score: float = Field(description="log-likelihood under the model; for popularity: minus the popularity rank")
+    score: float = Field(description="log-likelihood under the model; popularity fallback: minus the rank")
 
 
 class RecommendResponse(BaseModel):

@@ -18,22 +18,26 @@ class Settings(BaseSettings):
         env_prefix="ELMREC_", case_sensitive=False, env_ignore_empty=True, extra="ignore", frozen=True
     )
 
-    MODEL_DIR: Path | None = Field(None, description="bundle folder written by `python -m training train`")
-    REDIS_URL: str | None = Field(None, description="history store; unset = in-process store")
-    REDIS_PREFIX: str = Field("elmrec:", min_length=1, max_length=100, description="Redis key prefix")
-    REDIS_TIMEOUT_S: float = Field(1.0, gt=0, le=30, description="Redis connect/socket timeout")
-    API_KEY: SecretStr | None = Field(None, description="X-API-Key for /recommend/* and /users/*")
-    DEVICE: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
-    BACKEND: Literal["torch", "onnx"] = "torch"
-    MAX_BATCH: int = Field(32, ge=1, le=1024, description="requests per micro-batch")
-    MAX_WAIT_MS: float = Field(5.0, ge=0, le=1000, description="longest wait to fill a micro-batch")
-    MAX_CANDIDATES: int = Field(100, ge=1, le=1000, description="candidates per direct request")
-    HISTORY_MAX_LEN: int = Field(200, ge=1, le=10_000, description="items kept per user history")
-    RERANK_EXTRA: int | None = Field(None, ge=0, le=100, description="N of the reranking; unset = bundle's")
-    LOG_LEVEL: LogLevel = "INFO"
-    MAX_BODY_BYTES: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request body limit")
-    HOST: str = "0.0.0.0"
-    PORT: int = Field(8000, ge=1, le=65535)
+    MODEL_DIR: Path | None = Field(
+        default=None, description="bundle folder written by `python -m training train --out DIR`")
+    REDIS_URL: str | None = Field(default=None, description="history store; unset = in-process store")
+    REDIS_PREFIX: str = Field(default="elmrec:", min_length=1, max_length=100, description="Redis key prefix")
+    REDIS_TIMEOUT_S: float = Field(default=1.0, gt=0, le=30, description="Redis connect and socket timeout")
+    API_KEY: SecretStr | None = Field(
+        default=None, description="X-API-Key required on /recommend/* and /users/*; unset = open")
+    DEVICE: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
+    BACKEND: Literal["torch", "onnx"] = Field(default="torch", description="onnx: not available yet")
+    MAX_BATCH: int = Field(default=32, ge=1, le=1024, description="requests per micro-batch")
+    MAX_WAIT_MS: float = Field(default=5.0, ge=0, le=1000, description="longest wait to fill a micro-batch")
+    MAX_CANDIDATES: int = Field(default=100, ge=1, le=1000, description="candidates per direct request")
+    HISTORY_MAX_LEN: int = Field(default=200, ge=1, le=10_000, description="items kept per user history")
+    RERANK_EXTRA: int | None = Field(
+        default=None, ge=0, le=100, description="N of the history-filtering rerank; unset = the bundle's")
+    LOG_LEVEL: LogLevel = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG")
+    MAX_BODY_BYTES: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="largest request body accepted")
+    HOST: str = Field(default="0.0.0.0", description="`python -m service` bind address")
+    PORT: int = Field(default=8000, ge=1, le=65535, description="`python -m service` port")
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> int:
     spec = RunSpec(data=Path(args.data), preset=args.preset, out=Path(args.out), limit_users=args.limit_users,
                    id_scheme=args.id_scheme, max_minutes=args.max_minutes, resume=args.resume, seed=args.seed,
                    device=args.device, omega_kind=args.omega, epochs=args.epochs,
-                   reviews=Path(args.reviews) if args.reviews else None)
+                   reviews=Path(args.reviews) if args.reviews else None, data_options=_data_options(args))
     path = train(spec)
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     print(f"bundle written to {path}")
@@ -28,6 +28,17 @@ def _train(args: argparse.Namespace) -> int:
             print(f"  test {task:10s} HR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} "
                   f"HR@10 {m['hr@10']:.4f} NDCG@10 {m['ndcg@10']:.4f} ({m['users']} users)")
     return 0
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Column flags apply to interaction files only; a P5 folder takes none."""
+    if Path(args.data).is_dir():
+        return {}
+    options: dict[str, Any] = {"user_col": args.user_col, "item_col": args.item_col,
+                               "time_col": args.time_col, "k_core": args.k_core}
+    if args.sep:
+        options["sep"] = args.sep
+    return options
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -75,6 +86,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--reviews", default=None, help="jsonl {user, item, text} to train explanation")
+    t.add_argument("--user-col", default="user", help="interaction files: user column")
+    t.add_argument("--item-col", default="item", help="interaction files: item column")
+    t.add_argument("--time-col", default="timestamp", help="interaction files: timestamp column")
+    t.add_argument("--sep", default=None, help="interaction files: separator (default from the extension)")
+    t.add_argument("--k-core", type=int, default=0, help="interaction files: iterative k-core filter")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on its own recorded split")

@@ -57,6 +57,7 @@ class Preset(BaseModel):
     test_users: int | None = None  # users scored for the bundle's test metrics (None = all)
     beam: int = 20
     max_minutes: float | None = None
+    max_steps: int | None = None  # stop (resumably) after this many optimizer steps
 
     def omega(self, id_scheme: str, sigma: float, seed: int) -> OmegaConfig:
         kind: OmegaKind

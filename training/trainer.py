@@ -61,6 +61,7 @@ class RunSpec:
     reviews: Path | None = None
     epochs: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -119,7 +120,7 @@ def build_omega(config: OmegaConfig, n_users: int, n_items: int, users: np.ndarr
 
 
 def prepare(spec: RunSpec, preset: Preset) -> Prepared:
-    data = load_data(spec.data)
+    data = load_data(spec.data, **spec.data_options)
     if spec.limit_users is not None:
         if spec.limit_users < 1:
             raise DataError(f"--limit-users must be >= 1, got {spec.limit_users}")
@@ -165,10 +166,10 @@ def load_reviews(path: Path, prepared: Prepared, train: Sequence[Sequence[int]])
             row = json.loads(line)
             user, item, text = str(row["user"]), str(row["item"]), str(row["text"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}:{number}: expected a JSON object with user, item, text ({exc})") from exc
+            raise DataError(f"{path}, line {number}: expected a JSON object with user, item, text ({exc})") from exc
         u, i = prepared.codec.find_user(user), prepared.codec.find_item(item)
         if u is None or i is None:
-            raise DataError(f"{path}:{number}: unknown {'user' if u is None else 'item'} id")
+            raise DataError(f"{path}, line {number}: unknown {'user' if u is None else 'item'} id")
         if (u, i) in train_pairs:
             out.append(Review(u, i, list(tokenizer(text, add_special_tokens=False)["input_ids"])[:64]))
     return out
@@ -258,6 +259,8 @@ def train(spec: RunSpec) -> Path:
                              "bad_evals": 0, "curve": [], "stopped": "", "train_seconds": 0.0}
     if spec.resume and spec.checkpoint_dir.exists():
         state = load_checkpoint(spec.checkpoint_dir, model, optimizer, best)
+        if state["stopped"] in ("time", "max-steps"):
+            state["stopped"] = ""  # an interrupted run goes on; a finished or early-stopped one does not
         logger.info("resumed from %s at step %d", spec.checkpoint_dir, state["step"])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
@@ -299,6 +302,9 @@ def train(spec: RunSpec) -> Path:
             if time.monotonic() > deadline:
                 state["stopped"] = "time"
                 break
+            if preset.max_steps is not None and state["step"] >= preset.max_steps:
+                state["stopped"] = "max-steps"
+                break
             task, index = plan[state["batch"]]
             state["batch"] += 1
             if world > 1 and (state["batch"] - 1) % world != rank:
@@ -331,11 +337,11 @@ def train(spec: RunSpec) -> Path:
         return spec.out
     if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
         checkpoint_and_validate()
-    return finish(spec, preset, prepared, best, state, device, started)
+    return finish(spec, preset, prepared, best, state, device, started, len(reviews))
 
 
 def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
-           device: torch.device, started: float) -> Path:
+           device: torch.device, started: float, explanation_examples: int = 0) -> Path:
     """Test metrics with the best weights, then the bundle."""
     engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed)
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
@@ -352,7 +358,7 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         "direct": {**common, "task": "direct", **direct},
         "sequential": {**common, "task": "sequential", **sequential},
         "training": {k: state[k] for k in ("step", "epoch", "best_step", "best_score", "stopped")}
-        | {"minutes": minutes, "train_minutes": round(state["train_seconds"] / 60, 2),
+        | {"minutes": minutes, "explanation_examples": explanation_examples, "train_minutes": round(state["train_seconds"] / 60, 2),
            "best_valid": state.get("best_valid"), "curve": state["curve"]},
     }
     data = prepared.data

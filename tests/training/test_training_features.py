@@ -1,0 +1,94 @@
+"""Training features: resume from a checkpoint, the explanation task, generic interaction files, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from model_store.bundle import load_bundle
+from training.baselines import run_baselines
+from training.trainer import RunSpec, train
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path) -> None:
+    """Stop after part of an epoch (max_steps), resume, and land exactly where one straight run lands."""
+    straight = train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "straight", device="cpu",
+                             epochs=2, overrides={"eval_every": 10_000}))
+    first = RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "resumed", device="cpu", epochs=2,
+                    overrides={"eval_every": 10_000, "max_steps": 7})
+    train(first)
+    assert (tmp_path / "resumed.ckpt" / "state.json").exists()
+    state = json.loads((tmp_path / "resumed.ckpt" / "state.json").read_text())
+    assert state["step"] == 7
+    train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "resumed", device="cpu", epochs=2,
+                  resume=True, overrides={"eval_every": 10_000}))
+    assert straight.exists()
+    a = _weights(tmp_path / "straight.ckpt")
+    b = _weights(tmp_path / "resumed.ckpt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_explanation_task_trains_on_training_pairs_only(tiny_data: Path, tmp_path: Path) -> None:
+    sequences = [line.split() for line in (tiny_data / "sequential_data.txt").read_text().splitlines()]
+    reviews = tmp_path / "reviews.jsonl"
+    rows = []
+    for fields in sequences[:20]:
+        user, items = fields[0], fields[1:]
+        rows.append({"user": user, "item": items[0], "text": f"great product number {items[0]}"})
+        rows.append({"user": user, "item": items[-1], "text": "the held-out item"})  # test pair: skipped
+    reviews.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "exp", device="cpu", epochs=1,
+                        reviews=reviews))
+    bundle = load_bundle(out)
+    assert bundle.metrics["training"]["explanation_examples"] == 20
+
+
+def test_malformed_reviews_name_the_line(tiny_data: Path, tmp_path: Path) -> None:
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text('{"user": "1", "item": "2", "text": "ok"}\n{"user": "1"}\n')
+    from model_store.errors import DataError
+
+    with pytest.raises(DataError, match=r"reviews.jsonl, line 2"):
+        train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "x", device="cpu", reviews=reviews))
+    assert not (tmp_path / "x").exists()
+
+
+def test_generic_csv_trains_into_a_bundle_with_the_files_own_ids(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    lines = ["uid,iid,ts"]
+    for u in range(30):
+        for t in range(6):
+            lines.append(f"u{u},sku-{int(rng.integers(0, 25))},{1000 + 10 * t}")
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(Exception, match="user"):
+        train(RunSpec(data=path, preset="tiny", out=tmp_path / "b0", device="cpu"))
+    out = train(RunSpec(data=path, preset="tiny", out=tmp_path / "b", device="cpu", epochs=1,
+                        data_options={"user_col": "uid", "item_col": "iid", "time_col": "ts"}))
+    bundle = load_bundle(out)
+    assert all(i.startswith("sku-") for i in bundle.codec.items)
+    assert all(u.startswith("u") for u in bundle.codec.users)
+
+
+def test_baselines_share_the_harness_and_leak_rule_needs_p5_ids(tiny_data: Path) -> None:
+    results = run_baselines(tiny_data, "sequential", split="test")
+    methods = {r["method"] for r in results}
+    assert {"popularity", "itemknn", "omega-spectral"} <= methods
+    for r in results:
+        assert r["protocol"]["id_scheme"] == "shuffled" and r["protocol"]["graph"] == "train"
+        assert "unfiltered" in r and 0 <= r["ndcg@10"] <= 1
+    # the synthetic users walk consecutive P5 ids, so the leak rule is near perfect there
+    leak = run_baselines(tiny_data, "sequential", id_scheme="p5", methods=["p5-leak"])[0]
+    assert leak["unfiltered"]["hr@10"] > 0.5
+    with pytest.raises(ValueError, match="p5"):
+        run_baselines(tiny_data, "sequential", methods=["p5-leak"])
