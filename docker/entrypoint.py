@@ -3,7 +3,7 @@
     entrypoint.py serve [ARGS...]   bundle present? serve it. Missing? train it first (AUTO_TRAIN=1), then
                                      `exec python -m service ARGS...` (the server replaces this process)
     entrypoint.py train             train the bundle when it is missing (or always with TRAIN_FORCE=1), exit
-    entrypoint.py CMD [ARGS...]     anything else is exec'd as given (`bash`, `python -m training evaluate ...`)
+    entrypoint.py CMD [ARGS...]     anything else is exec'd as given (`bash`, `python -m training ...`)
 
 A bundle is present when `$ELMREC_MODEL_DIR/config.json` exists. Training writes bundles atomically
 (temporary folder + rename), so a half-written bundle never looks present.
@@ -120,8 +120,12 @@ def run_forwarding_signals(cmd: list[str]) -> int:
 
 
 def ensure_bundle(model_dir: Path, env: Mapping[str, str], *, allow_train: bool, force: bool = False,
-                  runner: Runner = run_forwarding_signals) -> int:
-    """0 when a bundle is (now) at `model_dir`; otherwise the failing exit status."""
+                  runner: Runner | None = None) -> int:
+    """0 when a bundle is (now) at `model_dir`; otherwise the failing exit status.
+
+    `runner` runs the training command (default: a child process that gets our signals).
+    """
+    runner = runner or run_forwarding_signals
     if has_bundle(model_dir) and not force:
         log(f"bundle present at {model_dir} (model_version {bundle_version(model_dir)})")
         return 0

@@ -43,7 +43,9 @@ from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tok
 
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
-REQUIRED = ("config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json")
+REQUIRED = (
+    "config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json",
+)
 
 
 class DatasetInfo(BaseModel):
@@ -116,8 +118,8 @@ class Bundle:
         return build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir())
 
     def engine(self, device: str | torch.device = "cpu") -> InferenceEngine:
-        id_tokens = IdTokens(load_tokenizer(self.tokenizer_dir()), self.codec.user_numbers,
-                             self.codec.item_numbers)
+        id_tokens = IdTokens(load_tokenizer(self.tokenizer_dir()), self.codec.user_numbers.tolist(),
+                             self.codec.item_numbers.tolist())
         model = build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir(),
                             id_tokens)
         builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
@@ -134,7 +136,8 @@ def build_model(
     path: Path, config: ModelConfig, omega: Omega, codec: IdCodec, tokenizer_dir: Path,
     id_tokens: IdTokens | None = None,
 ) -> ElmrecModel:
-    tokens = id_tokens or IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers, codec.item_numbers)
+    tokens = id_tokens or IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(),
+                                      codec.item_numbers.tolist())
     model = ElmrecModel(config, omega_matrix(omega), tokens.output_tokens)
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)

@@ -9,6 +9,7 @@ step-by-step decoding. `tests/model_store/test_fast_decoder.py` checks it equals
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +36,11 @@ class GroupedT5Decoder(nn.Module):
     def __init__(self, decoder: T5Stack) -> None:
         super().__init__()
         self.decoder = decoder
-        first = decoder.block[0].layer[0].SelfAttention
+        self.blocks: list[Any] = list(decoder.block)  # T5Block modules (untyped in transformers)
+        first = self.blocks[0].layer[0].SelfAttention
         self.bias_attention: T5Attention = first
+        self.embed: Any = decoder.embed_tokens
+        self.final_norm: Any = decoder.final_layer_norm
         self.n_heads = first.n_heads
         self.d_kv = first.key_value_proj_dim
 
@@ -44,7 +48,7 @@ class GroupedT5Decoder(nn.Module):
         """Project the encoder states once per layer."""
         b, t, _ = encoder_states.shape
         keys, values = [], []
-        for block in self.decoder.block:
+        for block in self.blocks:
             attn = block.layer[1].EncDecAttention
             keys.append(attn.k(encoder_states).view(b, t, self.n_heads, self.d_kv).transpose(1, 2))
             values.append(attn.v(encoder_states).view(b, t, self.n_heads, self.d_kv).transpose(1, 2))
@@ -75,10 +79,10 @@ class GroupedT5Decoder(nn.Module):
         """Decoder outputs (B, G, t, d) after the final layer norm, and the extended self cache."""
         b, g, t = input_ids.shape
         start = 0 if past is None else past[0][0].shape[3]
-        hidden = self.decoder.embed_tokens(input_ids)
+        hidden = self.embed(input_ids)
         bias = self._position_bias(start, t, input_ids.device).to(hidden.dtype)  # (H, t, start+t)
         new_past: SelfCache = []
-        for i, block in enumerate(self.decoder.block):
+        for i, block in enumerate(self.blocks):
             self_layer, cross_layer, ff_layer = block.layer[0], block.layer[1], block.layer[-1]
             attn = self_layer.SelfAttention
             normed = self_layer.layer_norm(hidden)
@@ -102,4 +106,4 @@ class GroupedT5Decoder(nn.Module):
             out = out.transpose(1, 2).reshape(b, g, t, -1)
             hidden = hidden + cattn.o(out)
             hidden = ff_layer(hidden)
-        return self.decoder.final_layer_norm(hidden), new_past
+        return self.final_norm(hidden), new_past

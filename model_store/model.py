@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,14 @@ class ElmrecModel(nn.Module):
     - sequential: v > 0 is the incremental whole-word embedding #(v-1) (#0 user, #1.. items).
     """
 
+    omega: torch.Tensor
+    output_tokens: torch.Tensor
+    output_lookup: torch.Tensor
+
     def __init__(self, config: ModelConfig, omega: torch.Tensor, output_tokens: Sequence[int]) -> None:
         super().__init__()
         self.config = config
-        t5_config = T5Config(
+        t5_kwargs: dict[str, Any] = dict(
             vocab_size=config.vocab_size,
             d_model=config.d_model,
             d_kv=config.d_kv,
@@ -42,7 +47,7 @@ class ElmrecModel(nn.Module):
             eos_token_id=EOS_ID,
             use_cache=False,
         )
-        self.t5 = T5ForConditionalGeneration(t5_config)
+        self.t5 = T5ForConditionalGeneration(T5Config(**t5_kwargs))
         # Older transformers scale decoder outputs whenever embeddings are tied; newer ones say so.
         scale = getattr(self.t5.config, "scale_decoder_outputs", self.t5.config.tie_word_embeddings)
         self.output_scale = config.d_model**-0.5 if scale else 1.0
@@ -77,7 +82,8 @@ class ElmrecModel(nn.Module):
         alpha = max(abs(self.config.alpha_direct), 1e-6)
         std = float(omega.float().std()) if omega.numel() > 1 else 1.0
         if isinstance(self.omega_proj, nn.Linear):
-            nn.init.normal_(self.omega_proj.weight, std=1.0 / (alpha * max(std, 1e-6) * self.config.omega_dim**0.5))
+            scale = alpha * max(std, 1e-6) * self.config.omega_dim**0.5
+            nn.init.normal_(self.omega_proj.weight, std=1.0 / scale)
 
     # -- encoder -------------------------------------------------------------------------------
     def whole_word(
@@ -96,7 +102,8 @@ class ElmrecModel(nn.Module):
             n = self.omega.shape[0]
             rows = self.omega[index.clamp(max=n - 1)]
             if extra_omega is not None and extra_omega.shape[0] > 0:
-                extra = extra_omega.to(rows.dtype)[(index - n).clamp(min=0, max=extra_omega.shape[0] - 1)]
+                slot = (index - n).clamp(min=0, max=extra_omega.shape[0] - 1)
+                extra = extra_omega.to(rows.dtype)[slot]
                 rows = torch.where((index >= n).unsqueeze(-1), extra, rows)
             ids = self.omega_proj(rows)
         general = self.general_word.expand_as(ids)
@@ -154,8 +161,14 @@ class ElmrecModel(nn.Module):
         attention_mask: torch.Tensor,
         ww: torch.Tensor,
         labels: torch.Tensor,
+        candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        listwise_weight: float = 0.0,
     ) -> torch.Tensor:
-        """Eq. 1: per-example mean token NLL, averaged over the batch; labels padded with -100."""
+        """Eq. 1: per-example mean token NLL, averaged over the batch; labels padded with -100.
+
+        With `candidates` = (decoder inputs, labels, positive index) and a weight > 0, adds the
+        listwise cross-entropy of the positive among the prompt's candidates (same encoder pass).
+        """
         states, mask = self.encode(task, input_ids, attention_mask, ww)
         decoder_input = shift_right(labels)
         hidden = self.decoder_states(states, mask, decoder_input)
@@ -165,9 +178,36 @@ class ElmrecModel(nn.Module):
         nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
         valid = (target != -100).float()
         per_example = (nll * valid).sum(1) / valid.sum(1).clamp(min=1.0)
-        return per_example.mean()
+        loss = per_example.mean()
+        if candidates is not None and listwise_weight > 0:
+            dec_in, cand_labels, positive = candidates
+            scores = self.candidate_log_likelihoods(states, mask, dec_in, cand_labels)
+            loss = loss + listwise_weight * F.cross_entropy(scores, positive)
+        return loss
 
     loss = forward
+
+    def candidate_log_likelihoods(
+        self, states: torch.Tensor, mask: torch.Tensor, decoder_input: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Sequence log-likelihoods (B, C) of C candidate targets per encoder row (labels -100 padded).
+
+        Runs the grouped decoder (cross-attention keys/values shared by a row's candidates), with
+        gradients, so a listwise loss can train the exact score the engine ranks by.
+        """
+        from model_store.fast_decoder import GroupedT5Decoder
+
+        grouped = self.__dict__.get("_grouped")
+        if grouped is None:
+            grouped = GroupedT5Decoder(self.t5.get_decoder())
+            self.__dict__["_grouped"] = grouped  # not a registered submodule: no duplicate weights
+        hidden, _ = grouped(decoder_input, grouped.cross_cache(states, mask))
+        restricted = self.config.restrict_vocab
+        logp = torch.log_softmax(self.logits(hidden * self.output_scale, restricted).float(), dim=-1)
+        target = self.restricted_labels(labels) if restricted else labels
+        valid = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * valid).sum(-1)
 
 
 def shift_right(labels: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ class IdTokens:
             raise ValueError("item ids do not share the `item_` token prefix; the tokenizer is not T5's")
         self.item_prefix = prefix
         # Target of an item: the tokens after `item_`, then EOS (the shared prefix carries no information).
-        self.targets = [tokens[2:] + [EOS_ID] for tokens in self.items]
+        self.targets = [[*tokens[2:], EOS_ID] for tokens in self.items]
 
     @property
     def output_tokens(self) -> list[int]:
@@ -88,7 +88,7 @@ class PromptBuilder:
             toks = self.tokens.items[item]
             ids += toks
             ww += [self.n_users + item + 1] * len(toks)
-        return ids + [EOS_ID], ww + [0]
+        return [*ids, EOS_ID], [*ww, 0]
 
     def sequential(self, user: int | None, history: Sequence[int]) -> tuple[list[int], list[int]]:
         """`user_u item_1 ... item_n` (last `max_history` items); incremental whole-word ids #0, #1.."""
@@ -99,7 +99,7 @@ class PromptBuilder:
             toks = self.tokens.items[item]
             ids += toks
             ww += [min(position, self.max_whole_word - 1) + 1] * len(toks)
-        return ids + [EOS_ID], ww + [0]
+        return [*ids, EOS_ID], [*ww, 0]
 
     def explanation(self, user: int, item: int) -> tuple[list[int], list[int]]:
         """`user_u item_i`, both with their Ω rows."""

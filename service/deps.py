@@ -58,8 +58,9 @@ def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(a
     """With ELMREC_API_KEY set, the X-API-Key header must equal it (constant-time compare); else 401."""
     if settings.API_KEY is None:
         return
-    expected = settings.API_KEY.get_secret_value().encode()
-    if key is None or not hmac.compare_digest(key.encode(), expected):
+    expected = settings.API_KEY.get_secret_value().encode("utf-8")
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent.
+    if key is None or not hmac.compare_digest(key.encode("latin-1", errors="replace"), expected):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail=f"missing or invalid {API_KEY_HEADER} header",

@@ -54,6 +54,11 @@ def _edges(train: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return users, items
 
 
+def popularity_scorer(harness: Harness) -> Scorer:
+    """Training popularity, the same for every user."""
+    return lambda user, history: harness.popularity
+
+
 def itemknn_scorer(harness: Harness, decay: float, shrink: float = 10.0) -> Scorer:
     """Σ_t decay^(n-1-t) · sim(h_t, ·): similarity to the history, recent items weighing more."""
     sim = harness.item_similarity(shrink)
@@ -159,8 +164,7 @@ def run_baselines(
         start = time.perf_counter()
         extra: dict[str, Any] = {}
         if method == "popularity":
-            pop = harness.popularity
-            scorer: Scorer = lambda u, h, pop=pop: pop  # noqa: E731
+            scorer: Scorer = popularity_scorer(harness)
         elif method == "itemknn":
             decay = _tune_decay(harness, data.sequences, negatives, task, seed)
             scorer = itemknn_scorer(harness, decay)

@@ -58,6 +58,10 @@ class Preset(BaseModel):
     beam: int = 20
     max_minutes: float | None = None
     max_steps: int | None = None  # stop (resumably) after this many optimizer steps
+    listwise_weight: float = Field(
+        0.0, ge=0.0, description="direct: + weight x cross-entropy of the positive among the prompt's "
+        "candidates by sequence likelihood (the score evaluation ranks by); 0 = the paper's loss only",
+    )
 
     def omega(self, id_scheme: str, sigma: float, seed: int) -> OmegaConfig:
         kind: OmegaKind

@@ -22,12 +22,39 @@ class Review:
 
 
 @dataclass
+class Candidates:
+    """The prompt's candidates as decoder inputs/labels (B, C, t) and the positive's position (B,)."""
+
+    decoder_input: torch.Tensor
+    labels: torch.Tensor
+    positive: torch.Tensor
+
+
+@dataclass
 class TaskBatch:
     """One single-task batch ready for ElmrecModel.loss."""
 
     task: str
     encoder: EncoderBatch
     labels: torch.Tensor
+    candidates: Candidates | None = None
+
+
+def candidate_tensors(
+    lists: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], positives: Sequence[int]
+) -> Candidates:
+    """Teacher-forcing tensors for every candidate of every row (rows padded with -100 labels)."""
+    c = max(len(cands) for cands in lists)
+    t = max(len(targets[i]) for cands in lists for i in cands)
+    labels = np.full((len(lists), c, t), -100, dtype=np.int64)
+    dec_in = np.zeros((len(lists), c, t), dtype=np.int64)
+    for b, cands in enumerate(lists):
+        for j, item in enumerate(cands):
+            tok = targets[item]
+            labels[b, j, : len(tok)] = tok
+            dec_in[b, j, 1 : len(tok)] = tok[:-1]
+    return Candidates(torch.from_numpy(dec_in), torch.from_numpy(labels),
+                      torch.as_tensor(list(positives), dtype=torch.long))
 
 
 class SampleSource:
@@ -89,11 +116,18 @@ class SampleSource:
     def batch(self, task: str, index: np.ndarray, rng: np.random.Generator) -> TaskBatch:
         rows: list[tuple[list[int], list[int]]] = []
         labels: list[list[int]] = []
+        candidates: Candidates | None = None
         if task == "direct":
+            lists: list[list[int]] = []
+            positives: list[int] = []
             for u, pos in self.direct[index].tolist():
                 cands = [pos, *self.negatives(u, rng)]
-                rows.append(self.builder.direct(u, [cands[i] for i in rng.permutation(len(cands))]))
+                order = [cands[i] for i in rng.permutation(len(cands))]
+                rows.append(self.builder.direct(u, order))
                 labels.append(list(self.targets[pos]))
+                lists.append(order)
+                positives.append(order.index(pos))
+            candidates = candidate_tensors(lists, self.targets, positives)
         elif task == "sequential":
             for u, t in self.sequential[index].tolist():
                 rows.append(self.builder.sequential(u, self.train[u][:t]))
@@ -103,4 +137,4 @@ class SampleSource:
                 review = self.reviews[r]
                 rows.append(self.builder.explanation(review.user, review.item))
                 labels.append([*review.tokens, EOS_ID])
-        return TaskBatch(task, pad_encoder(rows), pad_labels(labels))
+        return TaskBatch(task, pad_encoder(rows), pad_labels(labels), candidates)

@@ -166,7 +166,9 @@ def load_reviews(path: Path, prepared: Prepared, train: Sequence[Sequence[int]])
             row = json.loads(line)
             user, item, text = str(row["user"]), str(row["item"]), str(row["text"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}, line {number}: expected a JSON object with user, item, text ({exc})") from exc
+            raise DataError(
+                f"{path}, line {number}: expected a JSON object with user, item, text ({exc})"
+            ) from exc
         u, i = prepared.codec.find_user(user), prepared.codec.find_item(item)
         if u is None or i is None:
             raise DataError(f"{path}, line {number}: unknown {'user' if u is None else 'item'} id")
@@ -315,8 +317,13 @@ def train(spec: RunSpec) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = _lr(preset, state["step"], total_steps)
             enc = batch.encoder.to(device)
+            cands = batch.candidates
+            extra = None
+            if cands is not None and preset.listwise_weight > 0:
+                extra = (cands.decoder_input.to(device), cands.labels.to(device), cands.positive.to(device))
             with autocast:
-                loss = net(task, enc.input_ids, enc.attention_mask, enc.ww, batch.labels.to(device))
+                loss = net(task, enc.input_ids, enc.attention_mask, enc.ww, batch.labels.to(device), extra,
+                           preset.listwise_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
@@ -358,7 +365,8 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         "direct": {**common, "task": "direct", **direct},
         "sequential": {**common, "task": "sequential", **sequential},
         "training": {k: state[k] for k in ("step", "epoch", "best_step", "best_score", "stopped")}
-        | {"minutes": minutes, "explanation_examples": explanation_examples, "train_minutes": round(state["train_seconds"] / 60, 2),
+        | {"minutes": minutes, "explanation_examples": explanation_examples,
+           "train_minutes": round(state["train_seconds"] / 60, 2),
            "best_valid": state.get("best_valid"), "curve": state["curve"]},
     }
     data = prepared.data

@@ -50,13 +50,13 @@ def test_corrupted_weights_are_refused(copy: Path) -> None:
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-10] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="model.safetensors is corrupt"):
+    with pytest.raises(BundleError, match=r"model\.safetensors is corrupt"):
         load_bundle(copy)
 
 
 def test_missing_file_is_refused(copy: Path) -> None:
     (copy / "omega.safetensors").unlink()
-    with pytest.raises(BundleError, match="omega.safetensors"):
+    with pytest.raises(BundleError, match=r"omega\.safetensors"):
         load_bundle(copy)
 
 
@@ -89,5 +89,5 @@ def test_unknown_config_field_is_refused(copy: Path) -> None:
     config["surprise"] = 1
     (copy / "config.json").write_text(json.dumps(config))
     write_manifest(copy)
-    with pytest.raises(BundleError, match="config.json"):
+    with pytest.raises(BundleError, match=r"config\.json"):
         load_bundle(copy)

@@ -82,4 +82,34 @@ def test_loss_falls_when_training_a_few_steps() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first
+    assert float(loss.detach()) < 0.5 * first
+
+
+def test_candidate_log_likelihoods_equal_per_candidate_teacher_forcing() -> None:
+    model = _model().eval()
+    ids, ww = torch.tensor([[5, 7, 1]]), torch.tensor([[1, 4, 0]])
+    cands = [[10, 12, 1], [11, 1, -100]]
+    labels = torch.tensor([cands])
+    dec_in = torch.tensor([[[0, 10, 12], [0, 11, 0]]])
+    with torch.no_grad():
+        states, mask = model.encode("direct", ids, torch.ones_like(ids), ww)
+        got = model.candidate_log_likelihoods(states, mask, dec_in, labels)[0]
+        for j, cand in enumerate(cands):
+            lab = torch.tensor([cand])
+            hidden = model.decoder_states(states, mask, shift_right(lab))
+            logp = torch.log_softmax(model.logits(hidden, True), -1)
+            target = model.restricted_labels(lab)
+            want = sum(float(logp[0, t, target[0, t]]) for t in range(3) if cand[t] != -100)
+            assert abs(float(got[j]) - want) < 1e-5
+    assert "_grouped" not in dict(model.named_modules())
+    assert not any(k.startswith("_grouped") for k in model.state_dict())
+
+
+def test_listwise_term_adds_to_the_loss_and_trains() -> None:
+    model = _model()
+    ids, ww = torch.tensor([[5, 7, 1]]), torch.tensor([[1, 4, 0]])
+    labels = torch.tensor([[10, 1]])
+    cands = (torch.tensor([[[0, 10], [0, 11]]]), torch.tensor([[[10, 1], [11, 1]]]), torch.tensor([0]))
+    plain = model("direct", ids, torch.ones_like(ids), ww, labels)
+    both = model("direct", ids, torch.ones_like(ids), ww, labels, cands, 1.0)
+    assert float(both) > float(plain)

@@ -1,4 +1,4 @@
-"""End to end through the CLI: the Ω graph holds no held-out pair, bad data fails cleanly, metrics reproduce."""
+"""End to end through the CLI: Ω graph has no held-out pair, bad data fails cleanly, metrics reproduce."""
 
 from __future__ import annotations
 
