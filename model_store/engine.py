@@ -92,7 +92,8 @@ class InferenceEngine:
         A user given as None is a cold-start user; its folded-in Ω row comes from `user_rows`.
         """
         rows_in = list(user_rows) if user_rows is not None else [None] * len(users)
-        orders = [self.candidate_order(-1 if u is None else u, c)
+        # a cold user is keyed n_users (no known user has it): numpy seeds must be non-negative
+        orders = [self.candidate_order(self.builder.n_users if u is None else u, c)
                   for u, c in zip(users, candidates, strict=True)]
         out: list[dict[int, float]] = []
         widest = max((len(o) for o in orders), default=1)

@@ -49,6 +49,8 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app (with its own metrics registry); the bundle is loaded when the app starts (lifespan)."""
     settings = settings if settings is not None else Settings()
+    if not logging.getLogger().handlers:  # run by `uvicorn --factory`: give our records somewhere to go
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("service").setLevel(settings.LOG_LEVEL)
     metrics = ServiceMetrics()
     app = FastAPI(

@@ -72,8 +72,8 @@ def run_direct_batch(engine: InferenceEngine, jobs: Sequence[DirectJob]) -> list
 def run_sequential_batch(engine: InferenceEngine, jobs: Sequence[SequentialJob]) -> list[list[Scored]]:
     """One `beam_sequential` call per beam width, then `filter_rerank` per job (the evaluator's steps)."""
     out: list[list[Scored]] = [[] for _ in jobs]
-    for beam in [max(j.beam for j in jobs)]:
-        picked = list(range(len(jobs)))
+    for beam in sorted({j.beam for j in jobs}):
+        picked = [i for i, j in enumerate(jobs) if j.beam == beam]
         generated = engine.beam_sequential([jobs[i].user for i in picked],
                                            [list(jobs[i].history) for i in picked], beam)
         for i, items in zip(picked, generated, strict=True):

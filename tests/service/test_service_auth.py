@@ -55,3 +55,8 @@ def test_compare_is_constant_time() -> None:
 
     source = inspect.getsource(deps.require_api_key)
     assert "hmac.compare_digest" in source and "==" not in source
+
+
+def test_key_is_checked_before_the_body_is_validated(locked: TestClient) -> None:
+    response = locked.post("/recommend/direct", json={"user_id": "1", "k": 0})
+    assert response.status_code == 401

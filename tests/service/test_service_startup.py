@@ -60,14 +60,19 @@ def test_cuda_without_gpu_is_refused(tiny_bundle: Path) -> None:
 def test_main_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path) -> None:
     calls: list[tuple[object, dict[str, object]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    for name in ("HOST", "API_KEY", "REDIS_URL"):
+    for name in ("HOST", "API_KEY", "REDIS_URL", "LOG_LEVEL"):
         monkeypatch.delenv(f"ELMREC_{name}", raising=False)
     monkeypatch.setenv("ELMREC_MODEL_DIR", str(tiny_bundle))
     monkeypatch.setenv("ELMREC_PORT", "8123")
-    service_main.main()
-    (app, kwargs), = calls
+    service_main.main([])
+    service_main.main(["--port", "8124", "--host", "127.0.0.1", "--log-level", "debug"])
+    (app, kwargs), (_, overridden) = calls
     assert isinstance(app, FastAPI)
-    assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 8123
+    assert kwargs["host"] == "0.0.0.0" and kwargs["port"] == 8123 and kwargs["log_level"] == "info"
+    assert overridden["host"] == "127.0.0.1" and overridden["port"] == 8124
+    assert overridden["log_level"] == "debug"
+    with pytest.raises(SystemExit):
+        service_main.main(["--no-such-flag"])
 
 
 @pytest.mark.slow

@@ -1,0 +1,85 @@
+"""Quality results as JSON files in benchmarks/results/: baselines on a dataset, or a bundle's own metrics.
+
+    python -m benchmarks.quality baselines --data data/beauty [--tasks direct sequential] [--limit-users N]
+    python -m benchmarks.quality bundle --bundle bundles/beauty-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def write_result(result: dict[str, Any], command: str) -> Path:
+    """One JSON file per (dataset, task, split, method, preset, device)."""
+    import torch
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {**result, "command": command, "date": _stamp(), "torch": torch.__version__,
+              "python": platform.python_version()}
+    device = str(result["device"]).split(" ")[0].replace("/", "-")
+    name = "-".join(str(result[k]) for k in ("dataset", "task", "split", "method")).replace("/", "-")
+    preset = result.get("preset")
+    path = RESULTS / f"quality-{name}{'-' + preset if preset else ''}-{device}-{_stamp()}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def baselines(args: argparse.Namespace) -> None:
+    from training.baselines import run_baselines
+
+    for task in args.tasks:
+        for result in run_baselines(Path(args.data), task, split=args.split, id_scheme=args.id_scheme,
+                                    limit_users=args.limit_users, seed=args.seed, methods=args.methods):
+            result["minutes"] = round(result.pop("seconds") / 60, 2)
+            path = write_result(result, " ".join(["python -m benchmarks.quality", *sys.argv[1:]]))
+            print(f"{result['method']:15s} {task:10s} HR@10 {result['hr@10']:.4f} "
+                  f"NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
+
+
+def bundle(args: argparse.Namespace) -> None:
+    metrics = json.loads((Path(args.bundle) / "metrics.json").read_text())
+    training = metrics.get("training", {})
+    for task in ("direct", "sequential"):
+        result = dict(metrics[task])
+        result["minutes"] = training.get("minutes")
+        result["training"] = {k: v for k, v in training.items() if k != "curve"}
+        result["bundle"] = str(args.bundle)
+        path = write_result(result, f"python -m training train ... --out {args.bundle} (metrics.json)")
+        print(f"elmrec {task:10s} HR@10 {result['hr@10']:.4f} NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("baselines")
+    b.add_argument("--data", required=True)
+    b.add_argument("--tasks", nargs="+", default=["direct", "sequential"], choices=["direct", "sequential"])
+    b.add_argument("--split", default="test", choices=["valid", "test"])
+    b.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
+    b.add_argument("--limit-users", type=int, default=None)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--methods", nargs="*", default=None)
+    b.set_defaults(func=baselines)
+    u = sub.add_parser("bundle")
+    u.add_argument("--bundle", required=True)
+    u.set_defaults(func=bundle)
+    args = p.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
