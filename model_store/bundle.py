@@ -35,7 +35,7 @@ from safetensors.torch import load_model, save_model
 
 from model_store.codec import IdCodec
 from model_store.config import ModelConfig, OmegaConfig
-from model_store.engine import InferenceEngine
+from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import BundleError
 from model_store.model import ElmrecModel
 from model_store.omega import Omega
@@ -71,6 +71,14 @@ class Protocol(BaseModel):
         return "honest" if self.id_scheme == "shuffled" and self.graph == "train" else "reproduction"
 
 
+class GraphPriorConfig(BaseModel):
+    """The T5 + graph-score ensemble (beyond the paper; all zero = pure ELMRec), tuned on validation."""
+
+    direct_weight: float = 0.0
+    sequential_weight: float = 0.0
+    pool: int = 0
+
+
 class BundleConfig(BaseModel):
     """config.json."""
 
@@ -89,6 +97,7 @@ class BundleConfig(BaseModel):
     rerank_n: int
     beam: int
     popular_items: list[int]  # dense item indices by training popularity, for the popularity fallback
+    graph_prior: GraphPriorConfig = GraphPriorConfig()
 
 
 @dataclass
@@ -124,7 +133,10 @@ class Bundle:
                             id_tokens)
         builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
                                 self.config.model.max_whole_word)
-        return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed)
+        gp = self.config.graph_prior
+        prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool)
+        return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
+                               prior=prior)
 
 
 def omega_matrix(omega: Omega) -> torch.Tensor:

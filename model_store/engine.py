@@ -15,8 +15,44 @@ import torch
 
 from model_store.fast_decoder import GroupedT5Decoder, SelfCache
 from model_store.model import PAD_ID, ElmrecModel
+from model_store.omega import Omega
 from model_store.prompts import IdTokens, PromptBuilder, pad_encoder
 from model_store.trie import ItemTrie
+
+
+@dataclass
+class GraphPrior:
+    """Ensemble of the T5 score with the Ω graph score: an option beyond the paper, off when weights are 0.
+
+    direct: + w · z(Ω_user · Ω_item) over the candidates; sequential: the beam's items and the `pool`
+    items with the best history score (Σ Ω_history) · Ω_item are rescored by exact likelihood + w · z.
+    """
+
+    omega: Omega
+    direct_weight: float = 0.0
+    sequential_weight: float = 0.0
+    pool: int = 0
+
+    @staticmethod
+    def standardised(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        std = values.std()
+        return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+
+    def sequential_pool(
+        self, history: Sequence[int], beam_items: Sequence[int]
+    ) -> tuple[list[int], np.ndarray]:
+        """Beam items + the top-`pool` items by history graph score, and their graph scores."""
+        profile = np.zeros(self.omega.items.shape[1], dtype=np.float32)
+        if len(history):
+            profile = self.omega.items[np.asarray(list(history), dtype=np.int64)].sum(axis=0)
+        scores = self.omega.items @ profile
+        items = list(dict.fromkeys(beam_items))
+        if self.pool > 0:
+            seen = set(items)
+            top = np.argpartition(-scores, min(self.pool, len(scores) - 1))[: self.pool]
+            items += [int(i) for i in top if int(i) not in seen]
+        return items, scores[np.asarray(items, dtype=np.int64)]
 
 
 @dataclass(frozen=True)
@@ -38,12 +74,14 @@ class InferenceEngine:
         device: torch.device | str = "cpu",
         seed: int = 0,
         max_rows: int = 4096,
+        prior: GraphPrior | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.builder = builder
         self.device = torch.device(device)
         self.seed = seed
         self.max_rows = max_rows
+        self.prior = prior
         self.restricted = model.config.restrict_vocab
         vocab = len(model.output_tokens) if self.restricted else model.config.vocab_size
         targets = id_tokens.targets
@@ -86,38 +124,65 @@ class InferenceEngine:
         users: Sequence[int | None],
         candidates: Sequence[Sequence[int]],
         user_rows: Sequence[np.ndarray | None] | None = None,
+        pure: bool = False,
     ) -> list[dict[int, float]]:
-        """Exact log-likelihood of every candidate of every user: {item: log p(item | prompt)}.
+        """Ranking score of every candidate of every user: {item: score}, higher is better.
 
+        The score is the exact log-likelihood log p(item | prompt); with a graph prior of weight w > 0
+        (and not `pure`) it is log p + w · z(Ω_user · Ω_item), z standardised over the user's candidates.
         A user given as None is a cold-start user; its folded-in Ω row comes from `user_rows`.
         """
         rows_in = list(user_rows) if user_rows is not None else [None] * len(users)
         # a cold user is keyed n_users (no known user has it): numpy seeds must be non-negative
         orders = [self.candidate_order(self.builder.n_users if u is None else u, c)
                   for u, c in zip(users, candidates, strict=True)]
-        out: list[dict[int, float]] = []
-        widest = max((len(o) for o in orders), default=1)
-        per_chunk = max(1, self.max_rows // max(widest, 1))
-        for start in range(0, len(orders), per_chunk):
-            end = start + per_chunk
-            out.extend(self._score_chunk(users[start:end], orders[start:end], rows_in[start:end]))
-        return out
-
-    def _score_chunk(
-        self, users: Sequence[int | None], orders: list[list[int]], user_rows: Sequence[np.ndarray | None]
-    ) -> list[dict[int, float]]:
+        prompts: list[tuple[list[int], list[int]]] = []
         extra: list[np.ndarray] = []
-        rows = []
-        for u, o, r in zip(users, orders, user_rows, strict=True):
+        for u, o, r in zip(users, orders, rows_in, strict=True):
             if u is None:
                 if r is None:
                     raise ValueError("a cold-start user needs its folded-in Ω row")
                 extra.append(np.asarray(r, dtype=np.float32))
-            rows.append(self.builder.direct(u, o, cold_slot=max(len(extra) - 1, 0)))
+            prompts.append(self.builder.direct(u, o, cold_slot=max(len(extra) - 1, 0)))
+        out = self._likelihoods("direct", prompts, orders, extra)
+        weight = 0.0 if pure or self.prior is None else self.prior.direct_weight
+        if weight:
+            assert self.prior is not None
+            for scores, u, r in zip(out, users, rows_in, strict=True):
+                items = list(scores)
+                user_row = self.prior.omega.users[u] if u is not None else np.asarray(r)
+                z = self.prior.standardised(self.prior.omega.items[items] @ user_row)
+                for item, bonus in zip(items, z, strict=True):
+                    scores[item] += weight * float(bonus)
+        return out
+
+    def score_items(
+        self, users: Sequence[int | None], histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]]
+    ) -> list[dict[int, float]]:
+        """Exact log p(item | sequential prompt) for given items of each user (teacher forcing)."""
+        prompts = [self.builder.sequential(u, h) for u, h in zip(users, histories, strict=True)]
+        return self._likelihoods("sequential", prompts, [list(i) for i in items], [])
+
+    def _likelihoods(
+        self, task: str, prompts: list[tuple[list[int], list[int]]], targets: list[list[int]],
+        extra: list[np.ndarray],
+    ) -> list[dict[int, float]]:
+        out: list[dict[int, float]] = []
+        widest = max((len(t) for t in targets), default=1)
+        per_chunk = max(1, self.max_rows // max(widest, 1))
+        for start in range(0, len(prompts), per_chunk):
+            end = start + per_chunk
+            out.extend(self._score_chunk(task, prompts[start:end], targets[start:end], extra))
+        return out
+
+    def _score_chunk(
+        self, task: str, prompts: list[tuple[list[int], list[int]]], orders: list[list[int]],
+        extra: list[np.ndarray],
+    ) -> list[dict[int, float]]:
         extra_omega = torch.from_numpy(np.stack(extra)).to(self.device) if extra else None
-        batch = pad_encoder(rows).to(self.device)
-        g = max(len(o) for o in orders)
-        t = max(len(self.item_labels[i]) for o in orders for i in o)
+        batch = pad_encoder(prompts).to(self.device)
+        g = max(max(len(o) for o in orders), 1)
+        t = max((len(self.item_labels[i]) for o in orders for i in o), default=1)
         labels = np.zeros((len(orders), g, t), dtype=np.int64)
         valid = np.zeros((len(orders), g, t), dtype=bool)
         dec_in = np.full((len(orders), g, t), PAD_ID, dtype=np.int64)
@@ -128,7 +193,7 @@ class InferenceEngine:
                 valid[b, j, : len(lab)] = True
                 dec_in[b, j, 1 : len(tok)] = tok[:-1]
         with self._mode():
-            states, mask = self.model.encode("direct", batch.input_ids, batch.attention_mask, batch.ww,
+            states, mask = self.model.encode(task, batch.input_ids, batch.attention_mask, batch.ww,
                                               extra_omega)
             cross = self.decoder.cross_cache(states, mask)
             hidden, _ = self.decoder(torch.from_numpy(dec_in).to(self.device), cross)
@@ -151,9 +216,30 @@ class InferenceEngine:
 
     # -- sequential recommendation ------------------------------------------------------------
     def beam_sequential(
+        self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int, pure: bool = False
+    ) -> list[list[Scored]]:
+        """Beam search constrained to real items; per user up to `beam` items, best first.
+
+        With a graph prior (and not `pure`), the beam's items plus the `pool` items with the best graph
+        score are rescored: exact log p(item | prompt) + w · z(graph score), best first.
+        """
+        generated = self._beam_all(users, histories, beam)
+        prior = self.prior
+        if pure or prior is None or not (prior.sequential_weight or prior.pool):
+            return generated
+        pools = [prior.sequential_pool(h, [s.item for s in g]) for h, g in zip(histories, generated,
+                                                                                 strict=True)]
+        exact = self.score_items(users, histories, [p for p, _ in pools])
+        out: list[list[Scored]] = []
+        for scores, (items, graph) in zip(exact, pools, strict=True):
+            combined = [Scored(i, scores[i] + prior.sequential_weight * float(z))
+                        for i, z in zip(items, prior.standardised(graph), strict=True)]
+            out.append(sorted(combined, key=lambda s: (-s.score, s.item)))
+        return out
+
+    def _beam_all(
         self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int
     ) -> list[list[Scored]]:
-        """Beam search constrained to real items; per user up to `beam` items, best first."""
         out: list[list[Scored]] = []
         per_chunk = max(1, self.max_rows // max(beam, 1))
         for start in range(0, len(users), per_chunk):

@@ -82,21 +82,6 @@ def run_sequential_batch(engine: InferenceEngine, jobs: Sequence[SequentialJob])
     return out
 
 
-def fix_cold_start_order(engine: InferenceEngine) -> None:
-    """Work around `score_direct` seeding the cold-start candidate shuffle with -1 (numpy refuses it).
-
-    The cold user is keyed as `n_users` instead (an index no known user has); a no-op once
-    model_store passes a non-negative key itself.
-    """
-    original = engine.candidate_order
-    cold_key = engine.builder.n_users
-
-    def candidate_order(user: int, candidates: Sequence[int]) -> list[int]:
-        return original(cold_key if user < 0 else user, candidates)
-
-    engine.candidate_order = candidate_order  # type: ignore[method-assign]
-
-
 class Recommender:
     """Answers the API's questions for one loaded bundle, one history store and the model batchers."""
 

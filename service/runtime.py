@@ -22,7 +22,6 @@ from service.recommender import (
     DirectJob,
     Recommender,
     SequentialJob,
-    fix_cold_start_order,
     run_direct_batch,
     run_sequential_batch,
 )
@@ -95,7 +94,6 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
         except BundleError as exc:
             raise StartupError(f"cannot load the bundle (ELMREC_MODEL_DIR): {exc}") from exc
         engine = await loop.run_in_executor(executor, bundle.engine, device)
-        fix_cold_start_order(engine)
         try:
             store = make_store(settings.REDIS_URL, settings.REDIS_PREFIX, settings.HISTORY_MAX_LEN,
                                settings.REDIS_TIMEOUT_S, metrics)

@@ -47,7 +47,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     result = evaluate_bundle(bundle, args.task, args.split, args.limit_users, args.filter_history,
-                             args.device, progress=not args.json)
+                             args.device, progress=not args.json, pure=args.pure)
     _print(result, args.json)
     return 0
 
@@ -100,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--limit-users", type=int, default=None)
     e.add_argument("--filter-history", action=argparse.BooleanOptionalAction, default=True)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--pure", action="store_true",
+                   help="the T5 alone, without the bundle's graph-score ensemble (if it has one)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_evaluate)
 

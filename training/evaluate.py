@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model_store.engine import InferenceEngine, filter_rerank
+from model_store.engine import InferenceEngine, Scored, filter_rerank
 from model_store.errors import DataError
 from training.metrics import rank_in_list, rank_with_ties_against, summarize
 
@@ -45,7 +45,7 @@ def _batches(n: int, size: int) -> list[range]:
 
 
 def evaluate_direct(
-    engine: InferenceEngine, case: EvalCase, batch_users: int = 32, progress: bool = False
+    engine: InferenceEngine, case: EvalCase, batch_users: int = 32, progress: bool = False, pure: bool = False
 ) -> dict[str, Any]:
     """Rank the positive among its candidates by exact likelihood; ties count against the positive."""
     ranks: list[int | None] = []
@@ -53,7 +53,7 @@ def evaluate_direct(
     for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="direct"):
         users = [case.users[i] for i in chunk]
         cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
-        scores = engine.score_direct(users, cands)
+        scores = engine.score_direct(users, cands, pure=pure)
         ranks.extend(rank_with_ties_against(s, case.targets[i]) for s, i in zip(scores, chunk, strict=True))
     out: dict[str, Any] = summarize(ranks)
     out.update(users=len(case.users), seconds=round(time.perf_counter() - start, 2))
@@ -62,7 +62,7 @@ def evaluate_direct(
 
 def evaluate_sequential(
     engine: InferenceEngine, case: EvalCase, extra: int, beam: int = 20, batch_users: int = 64,
-    progress: bool = False,
+    progress: bool = False, pure: bool = False,
 ) -> dict[str, Any]:
     """Constrained beam over all items; top-level figures are history-filtered, `unfiltered` beside."""
     filtered: list[int | None] = []
@@ -73,7 +73,7 @@ def evaluate_sequential(
     for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="sequential"):
         users = [case.users[i] for i in chunk]
         hists = [case.histories[i] for i in chunk]
-        generated = engine.beam_sequential(users, hists, width)
+        generated = engine.beam_sequential(users, hists, width, pure=pure)
         for i, items in zip(chunk, generated, strict=True):
             target = case.targets[i]
             keep = filter_rerank(items, case.histories[i], k, extra, True)
@@ -97,7 +97,7 @@ def sample_users(n_users: int, n: int | None, seed: int) -> list[int]:
 
 def evaluate_bundle(
     bundle: Any, task: str, split: str, limit_users: int | None, filter_history: bool = True,
-    device: str = "auto", progress: bool = False,
+    device: str = "auto", progress: bool = False, pure: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a loaded bundle on its recorded data; the JSON result names its protocol and device."""
     import os
@@ -112,10 +112,10 @@ def evaluate_bundle(
     n = bundle.codec.n_users if limit_users is None else min(limit_users, bundle.codec.n_users)
     case = split_cases(bundle.data.sequences, bundle.data.negatives, split, list(range(n)))
     if task == "direct":
-        result = evaluate_direct(engine, case, progress=progress)
+        result = evaluate_direct(engine, case, progress=progress, pure=pure)
     else:
         result = evaluate_sequential(engine, case, extra=bundle.config.rerank_n, beam=bundle.config.beam,
-                                     progress=progress)
+                                     progress=progress, pure=pure)
         if not filter_history:
             unfiltered = result.pop("unfiltered")
             filtered = {k: result[k] for k in unfiltered}
@@ -125,8 +125,71 @@ def evaluate_bundle(
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     result.update(
         task=task, split=split, dataset=bundle.config.dataset.name, preset=bundle.config.preset,
-        method="elmrec", seed=protocol.seed, device=dev_name, model_version=bundle.config.model_version,
+        method=method_name(bundle.config.graph_prior.model_dump(), task, pure), seed=protocol.seed,
+        device=dev_name, model_version=bundle.config.model_version,
         filter_history=filter_history,
         protocol={**protocol.model_dump(), "label": protocol.label, "omega": bundle.config.omega.kind},
     )
     return result
+
+
+def method_name(prior: dict[str, float], task: str, pure: bool) -> str:
+    """`elmrec` for the T5 alone, `elmrec+graph` when the graph-score ensemble is on for this task."""
+    key = "direct_weight" if task == "direct" else "sequential_weight"
+    on = not pure and (prior.get(key, 0.0) > 0 or (task == "sequential" and prior.get("pool", 0) > 0))
+    return "elmrec+graph" if on else "elmrec"
+
+
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def tune_graph_prior(
+    engine: InferenceEngine, case: EvalCase, extra: int, beam: int, pool: int,
+    grid: Sequence[float] = WEIGHT_GRID,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Pick the T5 + graph-score weights with the best validation NDCG@10 (weight 0 = pure ELMRec).
+
+    T5 scores are computed once; each weight only re-sorts them. Returns the chosen settings and
+    the validation NDCG@10 of every weight tried.
+    """
+    prior = engine.prior
+    if prior is None:
+        raise ValueError("the engine has no graph prior to tune")
+    omega = prior.omega
+    t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
+                             pure=True)
+    direct_report: dict[str, float] = {}
+    for w in grid:
+        ranks: list[int | None] = []
+        for scores, user, target in zip(t5, case.users, case.targets, strict=True):
+            items = list(scores)
+            z = prior.standardised(omega.items[items] @ omega.users[user])
+            combined = {i: scores[i] + w * float(b) for i, b in zip(items, z, strict=True)}
+            ranks.append(rank_with_ties_against(combined, target))
+        direct_report[str(w)] = summarize(ranks)["ndcg@10"]
+    width = max(beam, 10 + extra)
+    generated = engine.beam_sequential(case.users, case.histories, width, pure=True)
+    pure_ranks = [rank_in_list([s.item for s in filter_rerank(g, h, 10, extra, True)], t)
+                  for g, h, t in zip(generated, case.histories, case.targets, strict=True)]
+    seq_report: dict[str, float] = {"beam-only": summarize(pure_ranks)["ndcg@10"]}
+    saved_pool, prior.pool = prior.pool, pool
+    pools = [prior.sequential_pool(h, [s.item for s in g])
+             for h, g in zip(case.histories, generated, strict=True)]
+    prior.pool = saved_pool
+    exact = engine.score_items(case.users, case.histories, [p for p, _ in pools])
+    for w in grid:
+        ranks = []
+        for scores, (items, graph), h, t in zip(exact, pools, case.histories, case.targets, strict=True):
+            ranked = sorted((Scored(i, scores[i] + w * float(z))
+                             for i, z in zip(items, prior.standardised(graph), strict=True)),
+                            key=lambda s: (-s.score, s.item))
+            ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
+        seq_report[str(w)] = summarize(ranks)["ndcg@10"]
+    best_direct = max(grid, key=lambda w: direct_report[str(w)])
+    best_seq = max(seq_report, key=lambda k: seq_report[k])
+    chosen = {
+        "direct_weight": float(best_direct),
+        "sequential_weight": 0.0 if best_seq == "beam-only" else float(best_seq),
+        "pool": 0 if best_seq == "beam-only" else pool,
+    }
+    return chosen, {"direct_valid_ndcg@10": direct_report, "sequential_valid_ndcg@10": seq_report}

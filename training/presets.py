@@ -58,6 +58,11 @@ class Preset(BaseModel):
     beam: int = 20
     max_minutes: float | None = None
     max_steps: int | None = None  # stop (resumably) after this many optimizer steps
+    graph_prior: bool = Field(
+        False, description="tune an ensemble of the T5 score with the Ω graph score on validation "
+        "(beyond the paper; weight 0 = pure ELMRec stays in the grid; both are reported)",
+    )
+    graph_pool: int = Field(50, ge=0, description="sequential: graph-retrieved items added to the beam's")
     listwise_weight: float = Field(
         0.0, ge=0.0, description="direct: + weight x cross-entropy of the positive among the prompt's "
         "candidates by sequence likelihood (the score evaluation ranks by); 0 = the paper's loss only",
@@ -106,7 +111,8 @@ PRESETS: dict[str, Preset] = {
         eval_users=300,
         patience=4,
         test_users=2000,
-        max_minutes=8.0,
+        max_minutes=7.0,
+        graph_prior=True,
     ),
     "paper": Preset(
         name="paper",
@@ -122,5 +128,6 @@ PRESETS: dict[str, Preset] = {
         eval_every=2000,
         eval_users=2000,
         patience=5,
+        graph_prior=True,
     ),
 }

@@ -21,6 +21,7 @@ from model_store.bundle import (
     BundleConfig,
     BundleData,
     DatasetInfo,
+    GraphPriorConfig,
     Protocol,
     new_model_version,
     omega_matrix,
@@ -28,14 +29,21 @@ from model_store.bundle import (
 )
 from model_store.codec import IdCodec
 from model_store.config import ModelConfig, OmegaConfig
-from model_store.engine import InferenceEngine
+from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import DataError
 from model_store.model import ElmrecModel
 from model_store.omega import Omega, random_omega, spectral_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import InteractionData, load_data
-from training.evaluate import evaluate_direct, evaluate_sequential, sample_users, split_cases
+from training.evaluate import (
+    evaluate_direct,
+    evaluate_sequential,
+    method_name,
+    sample_users,
+    split_cases,
+    tune_graph_prior,
+)
 from training.negatives import negatives_for
 from training.presets import PRESETS, Preset, dataset_hyper
 from training.samples import Review, SampleSource
@@ -349,8 +357,20 @@ def train(spec: RunSpec) -> Path:
 
 def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
            device: torch.device, started: float, explanation_examples: int = 0) -> Path:
-    """Test metrics with the best weights, then the bundle."""
-    engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed)
+    """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
+    prior = GraphPrior(prepared.omega)
+    engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed, prior=prior)
+    prior_config = GraphPriorConfig()
+    prior_report: dict[str, Any] = {}
+    if preset.graph_prior:
+        valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
+        valid = split_cases(prepared.data.sequences, prepared.negatives, "valid", valid_users)
+        chosen, prior_report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam,
+                                                preset.graph_pool)
+        prior_config = GraphPriorConfig(**chosen)
+        prior.direct_weight, prior.sequential_weight, prior.pool = (
+            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool)
+        logger.info("graph prior chosen on validation: %s", chosen)
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
     protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
@@ -360,15 +380,25 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
                            "omega": prepared.omega_config.kind}}
     direct = evaluate_direct(engine, case)
     sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam)
+    served = prior_config.model_dump()
+    metrics: dict[str, Any] = {
+        "direct": {**common, "task": "direct", **direct, "method": method_name(served, "direct", False)},
+        "sequential": {**common, "task": "sequential", **sequential,
+                       "method": method_name(served, "sequential", False)},
+        "graph_prior": {"chosen": served, "validation": prior_report},
+    }
+    for task in ("direct", "sequential"):
+        if metrics[task]["method"] != "elmrec":  # the T5 alone, beside the served ensemble
+            pure = (evaluate_direct(engine, case, pure=True) if task == "direct" else
+                    evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam, pure=True))
+            metrics[f"{task}_elmrec"] = {**common, "task": task, **pure, "method": "elmrec"}
     minutes = round((time.monotonic() - started) / 60, 2)
-    metrics = {
-        "direct": {**common, "task": "direct", **direct},
-        "sequential": {**common, "task": "sequential", **sequential},
+    metrics.update({
         "training": {k: state[k] for k in ("step", "epoch", "best_step", "best_score", "stopped")}
         | {"minutes": minutes, "explanation_examples": explanation_examples,
            "train_minutes": round(state["train_seconds"] / 60, 2),
            "best_valid": state.get("best_valid"), "curve": state["curve"]},
-    }
+    })
     data = prepared.data
     config = BundleConfig(
         model_version=new_model_version(best.state_dict()),
@@ -384,6 +414,7 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         rerank_n=prepared.rerank_n,
         beam=preset.beam,
         popular_items=prepared.popular,
+        graph_prior=prior_config,
     )
     curve = _plot_curve(state["curve"], spec.checkpoint_dir / "curve.png")
     bundle_data = BundleData(data.sequences, prepared.negatives)

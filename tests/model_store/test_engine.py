@@ -89,3 +89,17 @@ def test_filter_rerank_drops_history_and_keeps_order() -> None:
     assert [s.item for s in filter_rerank(generated, [1, 3], k=3, extra=2, filter_history=False)] == [4, 1, 7]
     # only the first k+N generated items are eligible (Eq. 12)
     assert [s.item for s in filter_rerank(generated, [4, 1, 7], k=3, extra=1, filter_history=True)] == [3]
+
+
+def test_cold_start_user_scores_with_a_folded_in_row(tiny_bundle: Path) -> None:
+    import numpy as np
+
+    from model_store.omega import fold_in
+
+    bundle = load_bundle(tiny_bundle)
+    engine = bundle.engine("cpu")
+    row = fold_in(bundle.omega, np.array([4, 5]), side="user")
+    scores = engine.score_direct([None], [[1, 2, 3]], [row])[0]
+    assert sorted(scores) == [1, 2, 3] and all(np.isfinite(list(scores.values())))
+    other = engine.score_direct([None], [[1, 2, 3]], [row * 0 + 1.0])[0]
+    assert other != scores  # the folded-in row is what the prompt carries

@@ -112,4 +112,4 @@ def test_listwise_term_adds_to_the_loss_and_trains() -> None:
     cands = (torch.tensor([[[0, 10], [0, 11]]]), torch.tensor([[[10, 1], [11, 1]]]), torch.tensor([0]))
     plain = model("direct", ids, torch.ones_like(ids), ww, labels)
     both = model("direct", ids, torch.ones_like(ids), ww, labels, cands, 1.0)
-    assert float(both) > float(plain)
+    assert float(both.detach()) > float(plain.detach())
