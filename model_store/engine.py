@@ -145,16 +145,23 @@ class InferenceEngine:
                 extra.append(np.asarray(r, dtype=np.float32))
             prompts.append(self.builder.direct(u, o, cold_slot=max(len(extra) - 1, 0)))
         out = self._likelihoods("direct", prompts, orders, extra)
-        weight = 0.0 if pure or self.prior is None else self.prior.direct_weight
-        if weight:
-            assert self.prior is not None
-            for scores, u, r in zip(out, users, rows_in, strict=True):
-                items = list(scores)
-                user_row = self.prior.omega.users[u] if u is not None else np.asarray(r)
-                z = self.prior.standardised(self.prior.omega.items[items] @ user_row)
-                for item, bonus in zip(items, z, strict=True):
-                    scores[item] += weight * float(bonus)
-        return out
+        if pure:
+            return out
+        return [self.with_graph(u, s, None, r) for u, s, r in zip(users, out, rows_in, strict=True)]
+
+    def with_graph(
+        self, user: int | None, t5_scores: dict[int, float], weight: float | None = None,
+        user_row: np.ndarray | None = None,
+    ) -> dict[int, float]:
+        """Direct ranking scores: log p + w · z(Ω_user · Ω_item) (w None = the prior's own weight)."""
+        prior = self.prior
+        w = (prior.direct_weight if prior is not None else 0.0) if weight is None else weight
+        if not w or prior is None:
+            return dict(t5_scores)
+        items = list(t5_scores)
+        row = prior.omega.users[user] if user is not None else np.asarray(user_row, dtype=np.float32)
+        z = prior.standardised(prior.omega.items[items] @ row)
+        return {item: t5_scores[item] + w * float(b) for item, b in zip(items, z, strict=True)}
 
     def score_items(
         self, users: Sequence[int | None], histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]]

@@ -45,17 +45,29 @@ def _batches(n: int, size: int) -> list[range]:
 
 
 def evaluate_direct(
-    engine: InferenceEngine, case: EvalCase, batch_users: int = 32, progress: bool = False, pure: bool = False
+    engine: InferenceEngine, case: EvalCase, batch_users: int = 32, progress: bool = False,
+    pure: bool = False, weights: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Rank the positive among its candidates by exact likelihood; ties count against the positive."""
+    """Rank the positive among its candidates by exact likelihood; ties count against the positive.
+
+    `weights`: also report, from the same T5 pass, the ranking with each graph-score weight
+    (`by_weight`, weight 0 = the T5 alone).
+    """
     ranks: list[int | None] = []
+    extra: dict[float, list[int | None]] = {w: [] for w in weights}
     start = time.perf_counter()
     for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="direct"):
         users = [case.users[i] for i in chunk]
         cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
-        scores = engine.score_direct(users, cands, pure=pure)
+        t5 = engine.score_direct(users, cands, pure=True)
+        scores = [engine.with_graph(u, s, 0.0 if pure else None) for u, s in zip(users, t5, strict=True)]
         ranks.extend(rank_with_ties_against(s, case.targets[i]) for s, i in zip(scores, chunk, strict=True))
+        for w in weights:
+            extra[w].extend(rank_with_ties_against(engine.with_graph(u, s, w), case.targets[i])
+                            for u, s, i in zip(users, t5, chunk, strict=True))
     out: dict[str, Any] = summarize(ranks)
+    if weights:
+        out["by_weight"] = {str(w): summarize(r) for w, r in extra.items()}
     out.update(users=len(case.users), seconds=round(time.perf_counter() - start, 2))
     return out
 
@@ -155,17 +167,13 @@ def tune_graph_prior(
     prior = engine.prior
     if prior is None:
         raise ValueError("the engine has no graph prior to tune")
-    omega = prior.omega
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
                              pure=True)
     direct_report: dict[str, float] = {}
     for w in grid:
         ranks: list[int | None] = []
         for scores, user, target in zip(t5, case.users, case.targets, strict=True):
-            items = list(scores)
-            z = prior.standardised(omega.items[items] @ omega.users[user])
-            combined = {i: scores[i] + w * float(b) for i, b in zip(items, z, strict=True)}
-            ranks.append(rank_with_ties_against(combined, target))
+            ranks.append(rank_with_ties_against(engine.with_graph(user, scores, w), target))
         direct_report[str(w)] = summarize(ranks)["ndcg@10"]
     width = max(beam, 10 + extra)
     generated = engine.beam_sequential(case.users, case.histories, width, pure=True)

@@ -111,7 +111,7 @@ PRESETS: dict[str, Preset] = {
         eval_users=300,
         patience=4,
         test_users=2000,
-        max_minutes=7.0,
+        max_minutes=6.5,
         graph_prior=True,
     ),
     "paper": Preset(

@@ -378,7 +378,8 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
               "seed": spec.seed, "device": device_name(device),
               "protocol": {**protocol.model_dump(), "label": protocol.label,
                            "omega": prepared.omega_config.kind}}
-    direct = evaluate_direct(engine, case)
+    direct = evaluate_direct(engine, case, weights=(0.0,))
+    direct_pure = direct.pop("by_weight")["0.0"]
     sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam)
     served = prior_config.model_dump()
     metrics: dict[str, Any] = {
@@ -389,7 +390,7 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
     }
     for task in ("direct", "sequential"):
         if metrics[task]["method"] != "elmrec":  # the T5 alone, beside the served ensemble
-            pure = (evaluate_direct(engine, case, pure=True) if task == "direct" else
+            pure = ({**direct_pure, "users": direct["users"]} if task == "direct" else
                     evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam, pure=True))
             metrics[f"{task}_elmrec"] = {**common, "task": task, **pure, "method": "elmrec"}
     minutes = round((time.monotonic() - started) / 60, 2)

@@ -92,3 +92,19 @@ def test_baselines_share_the_harness_and_leak_rule_needs_p5_ids(tiny_data: Path)
     assert leak["unfiltered"]["hr@10"] > 0.5
     with pytest.raises(ValueError, match="p5"):
         run_baselines(tiny_data, "sequential", methods=["p5-leak"])
+
+
+def test_graph_prior_is_tuned_on_validation_and_reported(tiny_data: Path, tmp_path: Path) -> None:
+    out = train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "gp", device="cpu", epochs=1,
+                        overrides={"graph_prior": True, "graph_pool": 5}))
+    bundle = load_bundle(out)
+    chosen = bundle.config.graph_prior
+    report = bundle.metrics["graph_prior"]["validation"]
+    assert str(chosen.direct_weight) in report["direct_valid_ndcg@10"]
+    best = max(report["direct_valid_ndcg@10"].values())
+    assert report["direct_valid_ndcg@10"][str(chosen.direct_weight)] == best
+    if chosen.direct_weight > 0:
+        assert bundle.metrics["direct"]["method"] == "elmrec+graph"
+        assert bundle.metrics["direct_elmrec"]["method"] == "elmrec"
+    else:
+        assert bundle.metrics["direct"]["method"] == "elmrec"
