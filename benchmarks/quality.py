@@ -51,13 +51,17 @@ def baselines(args: argparse.Namespace) -> None:
 def bundle(args: argparse.Namespace) -> None:
     metrics = json.loads((Path(args.bundle) / "metrics.json").read_text())
     training = metrics.get("training", {})
-    for task in ("direct", "sequential"):
-        result = dict(metrics[task])
+    for key in ("direct", "direct_elmrec", "sequential", "sequential_elmrec"):
+        if key not in metrics:
+            continue
+        task = metrics[key]["task"]
+        result = dict(metrics[key])
         result["minutes"] = training.get("minutes")
         result["training"] = {k: v for k, v in training.items() if k != "curve"}
         result["bundle"] = str(args.bundle)
         path = write_result(result, f"python -m training train ... --out {args.bundle} (metrics.json)")
-        print(f"elmrec {task:10s} HR@10 {result['hr@10']:.4f} NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
+        print(f"{result['method']:15s} {task:10s} HR@10 {result['hr@10']:.4f} "
+              f"NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
