@@ -5,17 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
+from conftest import shared_data_dir
 
 from model_store.errors import DataError
 from training.data import InteractionData, load_data, load_interactions_file, load_p5_folder
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_BEAUTY = REPO / "data" / "beauty"
-SHARED_DATA = Path(os.environ.get("ELMREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 
 
 # ------------------------------------------------------------------------------------------

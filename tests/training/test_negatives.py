@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data_dir
 
 from training.data import InteractionData, load_p5_folder
 from training.negatives import (
@@ -24,7 +24,7 @@ from training.negatives import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("ELMREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 
 
 def _p5_reference(lines: list[str], test_num: int = 99, seed: int = 2022) -> str:
