@@ -1,19 +1,9 @@
-"""Engine vs transformers `generate` (20 beams, same model, same inputs): per-user latency and agreement.
-
-    python -m benchmarks.engine --bundle bundles/beauty-small --device cpu --users 20 --json
-
-Direct: our exact likelihood of every candidate (`InferenceEngine.score_direct`) against the P5/POD
-way, `generate` with 20 beams constrained to the user's candidates. Sequential: our constrained beam
-(`InferenceEngine.beam_sequential`) against `generate` with 20 beams constrained to every real item.
-Both sides run the T5 alone (`pure=True`): a bundle's graph-score ensemble is left out. The baseline
-computes the model's distribution (log-softmax over the item-id tokens only) with a logits processor
-that renormalises `generate`'s full-vocabulary log-probabilities over those tokens before the prefix
-constraint, and ranks by the raw sum of log-probabilities (`length_penalty=0`).
-"""
+"""Engine vs transformers `generate` (20 beams, same model, same inputs): per-user latency and agreement."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +25,19 @@ from model_store.engine import InferenceEngine, Scored
 from model_store.model import EOS_ID, PAD_ID
 from model_store.prompts import pad_encoder
 from model_store.trie import ItemTrie
+
+DESCRIPTION = (__doc__ or "") + """
+
+    python -m benchmarks.engine --bundle bundles/beauty-small --device cpu --users 20 --json
+
+Direct: our exact likelihood of every candidate (`InferenceEngine.score_direct`) against the P5/POD
+way, `generate` with 20 beams constrained to the user's candidates. Sequential: our constrained beam
+(`InferenceEngine.beam_sequential`) against `generate` with 20 beams constrained to every real item.
+Both sides run the T5 alone (`pure=True`): a bundle's graph-score ensemble is left out. The baseline
+computes the model's distribution (log-softmax over the item-id tokens only) with a logits processor
+that renormalises `generate`'s full-vocabulary log-probabilities over those tokens before the prefix
+constraint, and ranks by the raw sum of log-probabilities (`length_penalty=0`).
+"""
 
 RESULTS = Path(__file__).parent / "results"
 TOP_K = 10  # agreement is measured on the top-10 items, the cut-off of the reported metrics
@@ -174,14 +177,18 @@ class GenerateBaseline:
             results.append(sorted((Scored(i, s) for i, s in found.items()), key=lambda s: (-s.score, s.item)))
         return results
 
-    def direct(self, users: Sequence[int], candidates: Sequence[Sequence[int]], beams: int) -> list[list[Scored]]:
+    def direct(
+        self, users: Sequence[int], candidates: Sequence[Sequence[int]], beams: int
+    ) -> list[list[Scored]]:
         """P5/POD direct recommendation: beams constrained to each user's candidates (a trie per user)."""
         orders = [self.engine.candidate_order(u, c) for u, c in zip(users, candidates, strict=True)]
         rows = [self.engine.builder.direct(u, o) for u, o in zip(users, orders, strict=True)]
         tries = [TokenTrie.of([self.engine.item_tokens[i] for i in o], o) for o in orders]
         return self.generate("direct", rows, tries, min(beams, min(len(o) for o in orders)))
 
-    def sequential(self, users: Sequence[int], histories: Sequence[Sequence[int]], beams: int) -> list[list[Scored]]:
+    def sequential(
+        self, users: Sequence[int], histories: Sequence[Sequence[int]], beams: int
+    ) -> list[list[Scored]]:
         """Sequential recommendation: beams constrained to every real item (the engine's trie)."""
         rows = [self.engine.builder.sequential(u, h) for u, h in zip(users, histories, strict=True)]
         beams = min(beams, len(self.engine.item_tokens))
@@ -235,26 +242,51 @@ def _chunks(n: int, size: int) -> Iterator[range]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def write_json(result: dict[str, Any], out_dir: Path, device: str) -> Path:
-    """`<benchmark>-<device>-<date>.json` in out_dir; the result is printed as the last line too."""
+def write_json(result: dict[str, Any], out_dir: Path, device: str, variant: str = "") -> Path:
+    """`<benchmark>[-<variant>]-<device>-<date>.json` in out_dir (the CLI prints the same object last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result['benchmark']}-{device}-{result['date']}.json"
+    name = "-".join(x for x in (result["benchmark"], variant, device, result["date"]) if x)
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
 
+def _mean(values: Sequence[float]) -> float:
+    return round(float(np.mean(values)), 4) if len(values) else 1.0
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with `threads` intra-op threads (None: torch's default), restored afterwards."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved)
+
+
 def run(
     bundle_dir: Path, device: str, users: int, beams: int = 20, batch_users: int = 32,
-    batched_users: int = 128, warmup: int = 2, seed: int = 0, command: str = "",
+    batched_users: int = 128, warmup: int = 2, seed: int = 0, threads: int | None = 1, command: str = "",
 ) -> dict[str, Any]:
     """Time both tasks on `users` users, one user per call, engine and generate interleaved per user."""
+    with torch_threads(threads if device == "cpu" else None):
+        return _run(bundle_dir, device, users, beams, batch_users, batched_users, warmup, seed, command)
+
+
+def _run(
+    bundle_dir: Path, device: str, users: int, beams: int, batch_users: int, batched_users: int,
+    warmup: int, seed: int, command: str,
+) -> dict[str, Any]:
     from model_store.bundle import load_bundle
     from training.evaluate import sample_users, split_cases
 
@@ -268,24 +300,26 @@ def run(
     clock = Clock(engine.device)
     direct_agree: list[float] = []
     seq_agree: list[float] = []
-    seq_identical: list[bool] = []
+    seq_identical: list[float] = []
+    seq_top1: list[float] = []
+    seq_beam: list[float] = []
     direct_diff = 0.0
     seq_diff = 0.0
-    seq_top1 = 0
     for i, user in enumerate(case.users):
-        timed = i >= warmup
-        prefix = "" if timed else "warmup-"
+        prefix = "" if i >= warmup else "warmup-"
         hist = case.histories[i]
         ours_d = clock.time(prefix + "direct", engine.score_direct, [user], [cands[i]], pure=True)[0]
         gen_d = clock.time(prefix + "generate_direct", baseline.direct, [user], [cands[i]], beams)[0]
-        ours_s = clock.time(prefix + "sequential", engine.beam_sequential, [user], [hist], beams, pure=True)[0]
+        ours_s = clock.time(prefix + "sequential", engine.beam_sequential, [user], [hist], beams,
+                            pure=True)[0]
         gen_s = clock.time(prefix + "generate_sequential", baseline.sequential, [user], [hist], beams)[0]
-        if not timed:
+        if prefix:
             continue
         direct_agree.append(overlap(ranked(ours_d), gen_d))
         seq_agree.append(overlap(ours_s, gen_s))
-        seq_identical.append([s.item for s in ours_s[:TOP_K]] == [s.item for s in gen_s[:TOP_K]])
-        seq_top1 += int(bool(ours_s) and bool(gen_s) and ours_s[0].item == gen_s[0].item)
+        seq_identical.append(float([s.item for s in ours_s[:TOP_K]] == [s.item for s in gen_s[:TOP_K]]))
+        seq_top1.append(float(bool(ours_s) and bool(gen_s) and ours_s[0].item == gen_s[0].item))
+        seq_beam.append(overlap(ours_s, gen_s, beams))
         # generate's sequence scores against the engine's exact likelihoods of the same items
         direct_diff = max([direct_diff, *(abs(s.score - ours_d[s.item]) for s in gen_d)])
         exact = engine.score_items([user], [hist], [[s.item for s in gen_s]])[0]
@@ -306,8 +340,7 @@ def run(
                    [bcase.histories[j] for j in chunk], beams, pure=True)
 
     ms = {k: clock.ms_per(k, n) for k in ("direct", "sequential", "generate_direct", "generate_sequential")}
-    direct_top = float(np.mean(direct_agree)) if direct_agree else 1.0
-    seq_top = float(np.mean(seq_agree)) if seq_agree else 1.0
+    direct_top, seq_top = _mean(direct_agree), _mean(seq_agree)
     return {
         "benchmark": "engine",
         "device": device_name(engine.device),
@@ -321,12 +354,13 @@ def run(
         "generate_sequential_ms_per_user": ms["generate_sequential"],
         "direct_speedup": round(ms["generate_direct"] / max(ms["direct"], 1e-9), 2),
         "sequential_speedup": round(ms["generate_sequential"] / max(ms["sequential"], 1e-9), 2),
-        "top_k_agreement": round(min(direct_top, seq_top), 4),
+        "top_k_agreement": min(direct_top, seq_top),
         "top_k": TOP_K,
-        "direct_top_k_agreement": round(direct_top, 4),
-        "sequential_top_k_agreement": round(seq_top, 4),
-        "sequential_identical_top_k_fraction": round(float(np.mean(seq_identical)) if seq_identical else 1.0, 4),
-        "sequential_top1_agreement": round(seq_top1 / max(n, 1), 4),
+        "direct_top_k_agreement": direct_top,
+        "sequential_top_k_agreement": seq_top,
+        "sequential_identical_top_k_fraction": _mean(seq_identical),
+        "sequential_top1_agreement": _mean(seq_top1),
+        "sequential_full_beam_agreement": _mean(seq_beam),
         "direct_max_score_diff": float(f"{direct_diff:.3g}"),
         "sequential_max_score_diff": float(f"{seq_diff:.3g}"),
         "batch_users": batch_users,
@@ -354,14 +388,16 @@ def summary(result: dict[str, Any]) -> str:
         f"{r['generate_sequential_ms_per_user']:9.2f} ms/user   speedup {r['sequential_speedup']:.1f}x   "
         f"top-{r['top_k']} agreement {r['sequential_top_k_agreement']:.3f}",
         f"  batched engine ({r['batch_users']} users per call, {r['batched_users']} users): direct "
-        f"{r['batched_direct_ms_per_user']:.2f} ms/user, sequential {r['batched_sequential_ms_per_user']:.2f} ms/user",
+        f"{r['batched_direct_ms_per_user']:.2f} ms/user, "
+        f"sequential {r['batched_sequential_ms_per_user']:.2f} ms/user",
+        f"  sequential whole {r['beams']}-item lists: agreement {r['sequential_full_beam_agreement']:.3f}",
         f"  max |generate score - engine exact log p|: direct {r['direct_max_score_diff']:.2g}, "
         f"sequential {r['sequential_max_score_diff']:.2g}",
     ])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -371,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batched-users", type=int, default=128, help="users timed for the batched figures")
     p.add_argument("--warmup", type=int, default=2, help="untimed users first")
     p.add_argument("--seed", type=int, default=0, help="which users (a fixed random sample)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads on CPU (0: torch's default); see docs/PERFORMANCE.md")
     p.add_argument("--json", action="store_true", help="print one JSON object last and write it to --out-dir")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -380,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: no CUDA device is available")
     command = " ".join(["python -m benchmarks.engine", *(sys.argv[1:] if argv is None else argv)])
     result = run(args.bundle, args.device, args.users, args.beams, args.batch_users, args.batched_users,
-                 args.warmup, args.seed, command)
+                 args.warmup, args.seed, args.threads or None, command)
     print(summary(result))
     if args.json:
         path = write_json(result, args.out_dir, args.device)

@@ -264,7 +264,6 @@ class InferenceEngine:
         vocab = self.trie.children.shape[1]
         nodes = np.zeros((b, 1), dtype=np.int64)
         scores = torch.zeros((b, 1), device=self.device)
-        finished = np.zeros((b, 1), dtype=bool)
         tokens = torch.full((b, 1, 1), PAD_ID, dtype=torch.long, device=self.device)
         past: SelfCache | None = None
         label_to_token = torch.from_numpy(self.label_to_token).to(self.device)
@@ -273,43 +272,49 @@ class InferenceEngine:
                 "sequential", batch.input_ids, batch.attention_mask, batch.ww
             )
             cross = self.decoder.cross_cache(states, mask)
+            done: list[list[tuple[float, int]]] = [[] for _ in range(b)]  # finished (score, item)
             for _ in range(self.trie.max_depth):
-                if finished.all():
-                    break
+                alive = torch.isfinite(scores).cpu().numpy()
+                if not alive.any() or all(
+                    len(done[r]) >= beam and (not alive[r].any() or float(scores[r].max()) <= done[r][-1][0])
+                    for r in range(b)
+                ):
+                    break  # scores only fall: no running beam can beat a full finished list
                 g = nodes.shape[1]
                 hidden, past = self.decoder(tokens, cross, past)
                 logp = self._log_probs(hidden[:, :, -1] * self.model.output_scale)  # (B, G, V)
                 children = self.trie.allowed(nodes.reshape(-1)).reshape(b, g, vocab)
                 allowed = torch.from_numpy(children > 0).to(self.device)
                 cand = torch.where(allowed, scores.unsqueeze(-1) + logp, torch.tensor(-torch.inf))
-                done = torch.from_numpy(finished).to(self.device)
-                stay = torch.full_like(cand, -torch.inf)
-                stay[..., 0] = scores
-                cand = torch.where(done.unsqueeze(-1), stay, cand)
-                top = torch.topk(cand.reshape(b, -1), k=min(beam, g * vocab), dim=-1)
-                src = (top.indices // vocab).cpu().numpy()
-                tok = (top.indices % vocab).cpu().numpy()
-                scores = top.values
-                was_done = np.take_along_axis(finished, src, axis=1)
-                prev = np.take_along_axis(nodes, src, axis=1)
-                stepped = np.take_along_axis(children.reshape(b, g * vocab), src * vocab + tok, axis=1) - 1
-                nodes = np.where(was_done, prev, stepped)
-                dead = ~torch.isfinite(scores).cpu().numpy()
-                nodes = np.where(dead, 0, nodes)
-                finished = was_done | dead | (self.trie.leaf_item[nodes] >= 0)
-                index = torch.from_numpy(src).to(self.device)
-                past = [(_pick(k, index), _pick(v, index)) for k, v in past]
+                top = torch.topk(cand.reshape(b, -1), k=min(2 * beam, g * vocab), dim=-1)
+                top_scores = top.values.float().cpu().numpy()
+                top_index = top.indices.cpu().numpy()
+                src = np.zeros((b, beam), dtype=np.int64)
+                tok = np.zeros((b, beam), dtype=np.int64)
+                new_nodes = np.zeros((b, beam), dtype=np.int64)
+                new_scores = np.full((b, beam), -np.inf, dtype=np.float32)
+                flat_children = children.reshape(b, g * vocab)
+                for r in range(b):
+                    kept = 0
+                    for score, index in zip(top_scores[r], top_index[r], strict=True):
+                        if not np.isfinite(score) or kept == beam:
+                            break
+                        node = int(flat_children[r, index]) - 1
+                        item = int(self.trie.leaf_item[node])
+                        if item >= 0:  # EOS taken: a finished item, kept apart from the running beams
+                            done[r].append((float(score), item))
+                            done[r].sort(key=lambda x: -x[0])
+                            del done[r][beam:]
+                            continue
+                        src[r, kept], tok[r, kept] = index // vocab, index % vocab
+                        new_nodes[r, kept], new_scores[r, kept] = node, score
+                        kept += 1
+                nodes = new_nodes
+                scores = torch.from_numpy(new_scores).to(self.device)
+                index_t = torch.from_numpy(src).to(self.device)
+                past = [(_pick(k, index_t), _pick(v, index_t)) for k, v in past]
                 tokens = label_to_token[torch.from_numpy(tok).to(self.device)].unsqueeze(-1)
-            final = scores.float().cpu().numpy()
-        results: list[list[Scored]] = []
-        for r in range(b):
-            items = [
-                Scored(int(self.trie.leaf_item[n]), float(s))
-                for n, s in zip(nodes[r], final[r], strict=True)
-                if self.trie.leaf_item[n] >= 0 and np.isfinite(s)
-            ]
-            results.append(sorted(items, key=lambda x: -x.score))
-        return results
+        return [[Scored(item, score) for score, item in finished_items] for finished_items in done]
 
     def recommend_sequential(
         self,

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import SHARED, shared_data_dir  # noqa: F401  (re-exported for tests)
 
 from training.trainer import RunSpec, train
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def shared_data_dir() -> Path:
-    """The read-only P5 datasets: $ELMREC_SHARED_DATA, else ../shared/data, else /work/shared/data."""
-    for candidate in (os.environ.get("ELMREC_SHARED_DATA"), SHARED / "data", "/work/shared/data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return SHARED / "data"
 BUNDLED_BEAUTY = Path(__file__).resolve().parents[1] / "data" / "beauty"
 
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import shared_data_dir
+from shared_paths import shared_data_dir
 
 from model_store.errors import DataError
 from training.data import InteractionData, load_data, load_interactions_file, load_p5_folder

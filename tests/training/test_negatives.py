@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data_dir
+from shared_paths import shared_data_dir
 
 from training.data import InteractionData, load_p5_folder
 from training.negatives import (
