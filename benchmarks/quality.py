@@ -31,7 +31,9 @@ def write_result(result: dict[str, Any], command: str) -> Path:
     device = str(result["device"]).split(" ")[0].replace("/", "-")
     name = "-".join(str(result[k]) for k in ("dataset", "task", "split", "method")).replace("/", "-")
     preset = result.get("preset")
-    path = RESULTS / f"quality-{name}{'-' + preset if preset else ''}-{device}-{_stamp()}.json"
+    scheme = result.get("protocol", {}).get("id_scheme", "shuffled")
+    tag = ("-" + preset if preset else "") + ("" if scheme == "shuffled" else "-" + scheme)
+    path = RESULTS / f"quality-{name}{tag}-{device}-{_stamp()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 

@@ -41,13 +41,14 @@ def tables(rows: list[dict[str, Any]]) -> str:
         datasets = sorted({r["dataset"] for r in items})
         out.append(f"### {task}, {label} protocol (test split)\n")
         head = "| method | " + " | ".join(f"{d} {m.upper()}" for d in datasets for m in METRICS) + \
-            " | users | device | minutes | seed |"
+            " | users (per dataset) | device | minutes | seed |"
         out.append(head)
         out.append("|" + "---|" * (head.count("|") - 1))
         methods = sorted({_label(r) for r in items})
         for method in methods:
             cells = []
             meta: dict[str, Any] = {}
+            users: list[str] = []
             for d in datasets:
                 match = [r for r in items if r["dataset"] == d and _label(r) == method]
                 if not match:
@@ -55,9 +56,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
                     continue
                 r = match[-1]
                 cells += [f"{r[m]:.4f}" for m in METRICS]
+                users.append(str(r.get("users", "")))
                 meta = r
             out.append(f"| {method} | " + " | ".join(cells) +
-                       f" | {meta.get('users', '')} | {meta.get('device', '')} | {meta.get('minutes', '')} "
+                       f" | {' / '.join(users)} | {meta.get('device', '')} | {meta.get('minutes', '')} "
                        f"| {meta.get('seed', '')} |")
         if task == "sequential":
             out.append("\nSequential figures are history-filtered (the product's behaviour); unfiltered "
