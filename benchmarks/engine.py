@@ -245,6 +245,17 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def environment(command: str) -> dict[str, Any]:
+    """Versions, threads, command and date that every benchmark JSON carries."""
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "command": command,
+        "date": stamp(),
+    }
+
+
 def stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
@@ -368,11 +379,7 @@ def _run(
         "batched_direct_ms_per_user": clock.ms_per("batched_direct", len(pool)),
         "batched_sequential_ms_per_user": clock.ms_per("batched_sequential", len(pool)),
         "graph_ensemble": "left out (pure=True on both sides)",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "command": command,
-        "date": stamp(),
+        **environment(command),
     }
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
-from benchmarks.engine import RESULTS, device_name, stamp, torch_threads, write_json
+from benchmarks.engine import RESULTS, device_name, environment, torch_threads, write_json
 
 DESCRIPTION = (__doc__ or "") + """
 
@@ -76,11 +75,7 @@ def _run(bundle_dir: Path, device: str, limit_users: int | None, graph: bool, co
         "sequential_beam": seq["beam"],
         "direct_ndcg@10": round(direct["ndcg@10"], 4),
         "sequential_ndcg@10": round(seq["ndcg@10"], 4),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "command": command,
-        "date": stamp(),
+        **environment(command),
     }
 
 
