@@ -86,18 +86,14 @@ class InferenceEngine:
         vocab = len(model.output_tokens) if self.restricted else model.config.vocab_size
         targets = id_tokens.targets
         self.item_tokens = targets
-        self.item_labels = [self._label(t) for t in targets]
+        lookup = model.output_lookup.cpu().numpy()
+        self.item_labels = [[int(lookup[t]) for t in tokens] if self.restricted else list(tokens)
+                            for tokens in targets]
         self.trie = ItemTrie(self.item_labels, vocab)
         self.label_to_token = (
             model.output_tokens.cpu().numpy() if self.restricted else np.arange(vocab, dtype=np.int64)
         )
         self.decoder = GroupedT5Decoder(model.t5.get_decoder())
-
-    def _label(self, tokens: Sequence[int]) -> list[int]:
-        if not self.restricted:
-            return list(tokens)
-        lookup = self.model.output_lookup.cpu()
-        return [int(lookup[t]) for t in tokens]
 
     @contextlib.contextmanager
     def _mode(self) -> Iterator[None]:
