@@ -28,9 +28,9 @@ METHODS = ("popularity", "itemknn", "omega-spectral", "omega-random", "p5-leak")
 class Harness:
     """Train-only statistics shared by the baselines."""
 
-    def __init__(self, n_users: int, n_items: int, train: Sequence[Sequence[int]]) -> None:
+    def __init__(self, n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> None:
         self.n_users, self.n_items = n_users, n_items
-        self.users, self.items = _edges(train)
+        self.users, self.items = users, items
         self.popularity = np.bincount(self.items, minlength=n_items).astype(np.float64)
         matrix = sp.csr_matrix((np.ones(len(self.users)), (self.users, self.items)),
                                shape=(n_users, n_items))
@@ -46,12 +46,6 @@ class Harness:
         coo = co.tocoo()
         values = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
         return sp.csr_matrix((values, (coo.row, coo.col)), shape=co.shape)
-
-
-def _edges(train: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    users = np.fromiter((u for u, seq in enumerate(train) for _ in seq), dtype=np.int64)
-    items = np.fromiter((i for seq in train for i in seq), dtype=np.int64)
-    return users, items
 
 
 def popularity_scorer(harness: Harness) -> Scorer:
@@ -150,15 +144,11 @@ def run_baselines(
     if limit_users is not None:
         data = subset_users(data, limit_users)
     negatives = negatives_for(data)
-    parts = leave_one_out(data.sequences)
-    harness = Harness(data.n_users, data.n_items, parts.train)
+    users, items = train_edges(leave_one_out(data.sequences))
+    harness = Harness(data.n_users, data.n_items, users, items)
     case = split_cases(data.sequences, negatives, split)
-    direct_case = case
-    if task == "direct":  # known users: the scorer gets the user index, not -1
-        direct_case = case
     codec = IdCodec.build(data.user_ids, data.item_ids, scheme=id_scheme, seed=seed,
                           p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers)
-    users, items = train_edges(parts)
     results: list[dict[str, Any]] = []
     for method in chosen:
         start = time.perf_counter()
@@ -181,7 +171,7 @@ def run_baselines(
             if id_scheme != "p5":
                 raise DataError("the p5-leak rule only means something under --id-scheme p5")
             scorer = leak_scorer(codec)
-        metrics = evaluate_scorer(scorer, direct_case, task, seed)
+        metrics = evaluate_scorer(scorer, case, task, seed)
         results.append({
             "method": method, "dataset": data.name, "task": task, "split": split, "seed": seed,
             "users": len(case.users), "device": f"cpu ({os.cpu_count()} cores)",

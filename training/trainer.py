@@ -47,7 +47,7 @@ from training.evaluate import (
 from training.negatives import negatives_for
 from training.presets import PRESETS, Preset, dataset_hyper
 from training.samples import Review, SampleSource
-from training.split import leave_one_out, train_edges
+from training.split import Split, leave_one_out, train_edges
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Prepared:
     """Everything derived from the data before training starts."""
 
     data: InteractionData
+    split: Split
     negatives: list[list[int]]
     codec: IdCodec
     omega: Omega
@@ -158,7 +159,7 @@ def prepare(spec: RunSpec, preset: Preset) -> Prepared:
     builder = PromptBuilder(id_tokens, data.n_users, preset.max_history, model_config.max_whole_word)
     counts = np.bincount(items, minlength=data.n_items)
     popular = [int(i) for i in np.argsort(-counts, kind="stable")[:1000]]
-    return Prepared(data, negatives, codec, omega, id_tokens, builder, model_config, omega_config,
+    return Prepared(data, split, negatives, codec, omega, id_tokens, builder, model_config, omega_config,
                     hyper.rerank_n, popular)
 
 
@@ -248,7 +249,7 @@ def train(spec: RunSpec) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     started = time.monotonic()
     prepared = prepare(spec, preset)
-    split = leave_one_out(prepared.data.sequences)
+    split = prepared.split
     reviews = load_reviews(spec.reviews, prepared, split.train) if spec.reviews else []
     source = SampleSource(split.train, prepared.data.n_items, prepared.builder, prepared.id_tokens.targets,
                           preset.train_negatives, reviews)
