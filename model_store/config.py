@@ -45,6 +45,12 @@ class ModelConfig(BaseModel):
     balanced_init: bool = Field(
         True, description="initialise whole-word paths so α·whole-word starts at the token embeddings' scale"
     )
+    use_omega: bool = Field(
+        True, description="ablation: False = direct/explanation ids get the general whole-word vector"
+    )
+    incremental_ids: bool = Field(
+        True, description="ablation: False = sequential ids get the general whole-word vector"
+    )
     restrict_vocab: bool = Field(
         True, description="recommendation outputs scored over the tokens of item ids (+ EOS) only"
     )

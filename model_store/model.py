@@ -94,7 +94,8 @@ class ElmrecModel(nn.Module):
         `extra_omega` (E, k) holds folded-in rows of nodes absent from the graph (cold-start users);
         ww values past the Ω table point into it.
         """
-        is_id = ww > 0
+        use_ids = self.config.incremental_ids if task == "sequential" else self.config.use_omega
+        is_id = ww > 0 if use_ids else torch.zeros_like(ww, dtype=torch.bool)
         index = (ww - 1).clamp(min=0)
         if task == "sequential":
             ids = self.incremental_words(index.clamp(max=self.config.max_whole_word - 1))

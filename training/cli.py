@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model_store.errors import ElmrecError
+from model_store.errors import DataError, ElmrecError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -18,7 +18,8 @@ def _train(args: argparse.Namespace) -> int:
     spec = RunSpec(data=Path(args.data), preset=args.preset, out=Path(args.out), limit_users=args.limit_users,
                    id_scheme=args.id_scheme, max_minutes=args.max_minutes, resume=args.resume, seed=args.seed,
                    device=args.device, omega_kind=args.omega, epochs=args.epochs,
-                   reviews=Path(args.reviews) if args.reviews else None, data_options=_data_options(args))
+                   reviews=Path(args.reviews) if args.reviews else None, data_options=_data_options(args),
+                   overrides=_overrides(args.set))
     path = train(spec)
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     print(f"bundle written to {path}")
@@ -28,6 +29,20 @@ def _train(args: argparse.Namespace) -> int:
             print(f"  test {task:10s} HR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} "
                   f"HR@10 {m['hr@10']:.4f} NDCG@10 {m['ndcg@10']:.4f} ({m['users']} users)")
     return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values parsed as JSON when they are JSON (numbers, true/false, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise DataError(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset setting, e.g. --set max_steps=1500 --set model.dropout=0.1")
     t.add_argument("--reviews", default=None, help="jsonl {user, item, text} to train explanation")
     t.add_argument("--user-col", default="user", help="interaction files: user column")
     t.add_argument("--item-col", default="item", help="interaction files: item column")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_store.config import ModelConfig, OmegaConfig, OmegaKind
+from model_store.errors import DataError
 
 
 class TaskHyper(BaseModel):
@@ -43,6 +44,10 @@ class Preset(BaseModel):
     omega_kind: OmegaKind | Literal["auto"] = "auto"  # auto: spectral (honest), random (p5 reproduction)
     omega_dim: int = 64  # spectral k; random Ω always has d_model features
     omega_include_e0: bool = True
+    omega_layers: int = Field(4, ge=0, le=16, description="propagation depth L of Ω")
+    alpha_direct: float | None = Field(None, description="α of direct prompts; None = Table 9")
+    alpha_sequential: float | None = Field(None, description="α of sequential prompts; None = Table 9")
+    sigma: float | None = Field(None, gt=0, description="σ of Ω; None = the dataset's direct σ (Table 9)")
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -75,8 +80,8 @@ class Preset(BaseModel):
         else:
             kind = self.omega_kind
         dim = self.model.d_model if kind == "random" else self.omega_dim
-        return OmegaConfig(kind=kind, dim=dim, sigma=sigma, layers=4, include_e0=self.omega_include_e0,
-                           seed=seed)
+        return OmegaConfig(kind=kind, dim=dim, sigma=self.sigma or sigma, layers=self.omega_layers,
+                           include_e0=self.omega_include_e0, seed=seed)
 
 
 PRESETS: dict[str, Preset] = {
@@ -131,3 +136,21 @@ PRESETS: dict[str, Preset] = {
         graph_prior=True,
     ),
 }
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
+    """The preset with `field` / `model.field` values replaced and validated; bad ones raise DataError."""
+    values = preset.model_dump()
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        target = values.get(section) if section else values
+        if not isinstance(target, dict) or name not in target:
+            raise DataError(f"unknown preset setting {key!r}; settings: {', '.join(sorted(values))} "
+                            f"and model.<field>")
+        target[name] = value
+    try:
+        return Preset.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise DataError(f"invalid preset override {where}: {first['msg']}") from exc

@@ -45,7 +45,7 @@ from training.evaluate import (
     tune_graph_prior,
 )
 from training.negatives import negatives_for
-from training.presets import PRESETS, Preset, dataset_hyper
+from training.presets import PRESETS, Preset, apply_overrides, dataset_hyper
 from training.samples import Review, SampleSource
 from training.split import Split, leave_one_out, train_edges
 
@@ -152,8 +152,9 @@ def prepare(spec: RunSpec, preset: Preset) -> Prepared:
                           p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers)
     model_config = preset.model.model_copy(update={
         "omega_dim": omega_config.dim,
-        "alpha_direct": hyper.alpha_direct,
-        "alpha_sequential": hyper.alpha_sequential,
+        "alpha_direct": hyper.alpha_direct if preset.alpha_direct is None else preset.alpha_direct,
+        "alpha_sequential": (hyper.alpha_sequential if preset.alpha_sequential is None
+                             else preset.alpha_sequential),
     })
     id_tokens = IdTokens(load_tokenizer(), codec.user_numbers.tolist(), codec.item_numbers.tolist())
     builder = PromptBuilder(id_tokens, data.n_users, preset.max_history, model_config.max_whole_word)
@@ -239,7 +240,7 @@ def train(spec: RunSpec) -> Path:
         raise DataError(f"unknown preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
     if spec.id_scheme not in ("shuffled", "p5"):
         raise DataError(f"--id-scheme must be shuffled or p5, got {spec.id_scheme!r}")
-    preset = PRESETS[spec.preset].model_copy(update=spec.overrides)
+    preset = apply_overrides(PRESETS[spec.preset], spec.overrides)
     if spec.epochs is not None:
         preset = preset.model_copy(update={"epochs": spec.epochs})
     max_minutes = spec.max_minutes if spec.max_minutes is not None else preset.max_minutes

@@ -113,3 +113,16 @@ def test_listwise_term_adds_to_the_loss_and_trains() -> None:
     plain = model("direct", ids, torch.ones_like(ids), ww, labels)
     both = model("direct", ids, torch.ones_like(ids), ww, labels, cands, 1.0)
     assert float(both.detach()) > float(plain.detach())
+
+
+def test_ablation_switches_replace_ids_by_the_general_vector() -> None:
+    """use_omega=False: no Ω row reaches direct prompts; incremental_ids=False: no #k id in sequential."""
+    torch.manual_seed(0)
+    ablated = ElmrecModel(CFG.model_copy(update={"use_omega": False, "incremental_ids": False}),
+                          torch.randn(6, 4), output_tokens=[10, 11, 12])
+    ww = torch.tensor([[0, 1, 3, 6]])
+    for task in ("direct", "sequential"):
+        got = ablated.whole_word(task, ww)
+        assert torch.allclose(got, ablated.general_word.expand_as(got))
+    kept = _model().whole_word("direct", ww)  # the default keeps them: the switch is what changed it
+    assert not torch.allclose(kept[0, 1], kept[0, 0])

@@ -108,3 +108,28 @@ def test_graph_prior_is_tuned_on_validation_and_reported(tiny_data: Path, tmp_pa
         assert bundle.metrics["direct_elmrec"]["method"] == "elmrec"
     else:
         assert bundle.metrics["direct"]["method"] == "elmrec"
+
+
+def test_preset_overrides_are_validated() -> None:
+    from model_store.errors import DataError
+    from training.presets import PRESETS, apply_overrides
+
+    out = apply_overrides(PRESETS["tiny"], {"max_steps": 12, "model.dropout": 0.2, "omega_layers": 2})
+    assert (out.max_steps, out.model.dropout, out.omega_layers) == (12, 0.2, 2)
+    assert out.omega("shuffled", 5.0, 0).layers == 2
+    assert PRESETS["tiny"].max_steps is None  # the shared preset is untouched
+    for bad in ({"bogus": 1}, {"model.nope": 1}, {"max_steps": "many"}, {"model.dropout": 2.0}):
+        with pytest.raises(DataError):
+            apply_overrides(PRESETS["tiny"], bad)
+
+
+def test_cli_set_flags_are_checked_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    data = Path(__file__).resolve().parents[2] / "data" / "beauty"
+    for flag, message in (("no-equals-sign", "--set takes key=value"),
+                          ("unknown_setting=3", "unknown preset setting 'unknown_setting'")):
+        assert main(["train", "--data", str(data), "--preset", "tiny", "--out", str(tmp_path / "b"),
+                     "--set", flag]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
