@@ -5,11 +5,11 @@ BUNDLE ?= bundles/beauty-small
 PRESET ?= small
 STAMP := .install.stamp
 
-.PHONY: install run train serve test lint typecheck check
+.PHONY: install run train serve test test-reliability lint typecheck check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	$(PYTHON) -m pip install --quiet -e ".[train,serve,dev]"
+	$(PYTHON) -m pip install --quiet -e ".[train,serve,dev,onnx]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,5 +30,11 @@ lint: install
 
 typecheck: install
 	$(PYTHON) -m mypy
+
+# the slow reliability tests (load, SIGTERM, long fuzz, repeated Redis kills, killed training): docs/RELIABILITY.md
+test-reliability: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m slow -p no:cacheprovider tests/service/test_reliability_fuzz.py \
+		tests/service/test_reliability_redis_faults.py tests/service/test_reliability_shutdown.py \
+		tests/service/test_reliability_load.py tests/training/test_robustness.py
 
 check: lint typecheck test

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, get_args
 
 import uvicorn
@@ -25,13 +27,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's handling: before it serves, or re-raised by it after a graceful shutdown."""
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     given: dict[str, Any] = {"HOST": args.host, "PORT": args.port, "LOG_LEVEL": args.log_level}
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT,
-                log_level=settings.LOG_LEVEL.lower(), proxy_headers=True)
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:  # on SIGTERM uvicorn stops accepting, lets in-flight requests finish, then shuts the app down
+        uvicorn.run(create_app(settings), host=settings.HOST, port=settings.PORT,
+                    log_level=settings.LOG_LEVEL.lower(), proxy_headers=True,
+                    timeout_graceful_shutdown=settings.SHUTDOWN_TIMEOUT_S)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -47,8 +48,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 OptionalRuntimeDep = Annotated[Runtime | None, Depends(get_optional_runtime)]
 
 
-def get_recommender(runtime: RuntimeDep) -> Recommender:
-    return runtime.recommender
+async def get_recommender(runtime: RuntimeDep) -> AsyncIterator[Recommender]:
+    """The served model version, leased for the whole request (a reload waits for it before retiring it)."""
+    with runtime.lease() as recommender:
+        yield recommender
 
 
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]

@@ -62,6 +62,9 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "elmrec_model_info", "the served model (value is always 1)",
             ["version", "preset", "device", "backend"], registry=r)
+        self.model_reloads = Counter(
+            "elmrec_model_reloads", "model reloads (POST /admin/reload) by result: success, refused, busy",
+            ["result"], registry=r)
 
     def set_model(self, version: str, preset: str, device: str, backend: str) -> None:
         self.model_info.clear()

@@ -27,6 +27,8 @@ UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, descrip
 
 _error = {"content": {"application/json": {"example": {"detail": "..."}}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body cannot be parsed (not UTF-8, nested too deeply) or a bad Content-Length",
+          **_error},
     401: {"description": "missing or invalid X-API-Key", **_error},
     413: {"description": "body larger than ELMREC_MAX_BODY_BYTES", **_error},
     422: {"description": "invalid input, unknown item ids or a limit exceeded", **_error},
@@ -77,7 +79,9 @@ async def ready(runtime: OptionalRuntimeDep) -> JSONResponse:
 
 @info.get("/model", summary="The served model: version, preset, protocol, dataset, offline metrics")
 async def model(runtime: RuntimeDep) -> ModelResponse:
-    return ModelResponse(**runtime.recommender.describe(runtime.device, runtime.backend))
+    served = runtime.served
+    return ModelResponse(**served.recommender.describe(runtime.device, runtime.backend),
+                         loaded_at=served.loaded_at, reloads=runtime.reloads)
 
 
 @info.get("/metrics", include_in_schema=False)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,9 +20,10 @@ from model_store.engine import InferenceEngine, Scored
 from model_store.errors import BundleError
 from model_store.omega import fold_in
 from service.batching import MicroBatcher
-from service.errors import StartupError, StoreUnavailableError
+from service.errors import BadRequestError, ServiceError, StartupError, StoreUnavailableError
 from service.metrics import ServiceMetrics
 from service.recommender import (
+    MIN_BEAM,
     DirectJob,
     Recommender,
     SequentialJob,
@@ -54,25 +59,182 @@ def warm_up(engine: InferenceEngine, bundle: Bundle, beam: int) -> float:
     return time.perf_counter() - start
 
 
-@dataclass
-class Runtime:
-    """Everything made at startup; `ready` turns true after the warm-up."""
+def build_engine(bundle: Bundle, device: str, backend: str) -> InferenceEngine:
+    """The inference engine of `bundle` on `device` (used at startup and by every reload)."""
+    return bundle.engine(device, backend)
+
+
+class ReloadRefusedError(BadRequestError):
+    """The new bundle cannot be loaded (corrupt, incompatible, missing): refused; the old one serves on."""
+
+
+class ReloadBusyError(ServiceError):
+    """Another reload is running (409)."""
+
+    status_code = 409
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One bundle version and all that serves it (engine, batchers, recommender), swapped as one reference.
+
+    A request leases the served model for its whole life (`lease`), so it uses one version from start
+    to end; a retired model stops its batchers only once its last lease is returned.
+    """
 
     bundle: Bundle
     engine: InferenceEngine
-    store: HistoryStore
     recommender: Recommender
     direct: MicroBatcher[DirectJob, list[Scored]]
     sequential: MicroBatcher[SequentialJob, list[Scored]]
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    leases: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    @property
+    def version(self) -> str:
+        return self.bundle.config.model_version
+
+    def start(self) -> None:
+        self.direct.start()
+        self.sequential.start()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Recommender]:
+        """Hold this version while a request uses it (event-loop thread only)."""
+        self.leases += 1
+        self._idle.clear()
+        try:
+            yield self.recommender
+        finally:
+            self.leases -= 1
+            if self.leases == 0:
+                self._idle.set()
+
+    async def retire(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) for the requests using this version, then stop its batchers.
+
+        Returns False when requests were still running at the deadline (they then get 503).
+        """
+        drained = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            drained = False
+        await self.direct.stop()
+        await self.sequential.stop()
+        return drained
+
+
+def serve_bundle(
+    bundle: Bundle, engine: InferenceEngine, store: HistoryStore, executor: ThreadPoolExecutor,
+    settings: Settings, metrics: ServiceMetrics,
+) -> ServedModel:
+    """Batchers (on the shared model thread) and the recommender of one bundle version (not started yet)."""
+    wait_s = settings.MAX_WAIT_MS / 1000.0
+    direct: MicroBatcher[DirectJob, list[Scored]] = MicroBatcher(
+        "direct", lambda jobs: run_direct_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s, metrics)
+    sequential: MicroBatcher[SequentialJob, list[Scored]] = MicroBatcher(
+        "sequential", lambda jobs: run_sequential_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s,
+        metrics)
+    recommender = Recommender(bundle, store, direct, sequential, metrics, settings.MAX_CANDIDATES,
+                              settings.HISTORY_MAX_LEN, settings.RERANK_EXTRA)
+    return ServedModel(bundle, engine, recommender, direct, sequential)
+
+
+def load_and_warm(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine, float]:
+    """Load and verify a bundle, build its engine and warm it up (in a thread of its own)."""
+    bundle = load_bundle(path)
+    engine = build_engine(bundle, device, backend)
+    seconds = warm_up(engine, bundle, max(MIN_BEAM, bundle.config.beam))
+    return bundle, engine, seconds
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    model_version: str
+    previous_version: str
+    model_dir: str
+    seconds: float
+    drained: bool
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Everything made at startup; `ready` turns true after the warm-up; `served` changes on reload."""
+
+    served: ServedModel
+    store: HistoryStore
     executor: ThreadPoolExecutor
     device: str
     backend: str
     ready: bool = False
+    reloads: int = 0
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.served.bundle
+
+    @property
+    def engine(self) -> InferenceEngine:
+        return self.served.engine
+
+    @property
+    def recommender(self) -> Recommender:
+        return self.served.recommender
+
+    @property
+    def direct(self) -> MicroBatcher[DirectJob, list[Scored]]:
+        return self.served.direct
+
+    @property
+    def sequential(self) -> MicroBatcher[SequentialJob, list[Scored]]:
+        return self.served.sequential
+
+    def lease(self) -> contextlib.AbstractContextManager[Recommender]:
+        """The served version, held for one request (see ServedModel.lease)."""
+        return self.served.lease()
+
+    async def reload(
+        self, path: Path, settings: Settings, metrics: ServiceMetrics, drain_timeout_s: float = 30.0
+    ) -> ReloadResult:
+        """Load, verify and warm up the bundle at `path` off the event loop while the old one serves,
+        then swap it in as one reference and retire the old one after its requests finish.
+
+        A bundle that cannot be loaded raises ReloadRefusedError and changes nothing.
+        """
+        if self._reload_lock.locked():
+            metrics.model_reloads.labels(result="busy").inc()
+            raise ReloadBusyError("a model reload is already running; retry when it has finished")
+        async with self._reload_lock:
+            started = time.perf_counter()
+            try:
+                bundle, engine, _ = await asyncio.to_thread(load_and_warm, path, self.device, self.backend)
+            except Exception as exc:
+                metrics.model_reloads.labels(result="refused").inc()
+                reason = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
+                log.warning("model reload refused, %s keeps serving: %s", self.served.version, reason)
+                raise ReloadRefusedError(f"bundle refused, the current model keeps serving: {reason}",
+                                         model_version=self.served.version) from exc
+            new = serve_bundle(bundle, engine, self.store, self.executor, settings, metrics)
+            new.start()
+            old, self.served = self.served, new  # one assignment: later requests lease the new version
+            self.reloads += 1
+            metrics.set_model(new.version, bundle.config.preset, self.device, self.backend)
+            metrics.model_reloads.labels(result="success").inc()
+            log.info("model %s swapped in for %s (from %s)", new.version, old.version, path)
+            drained = await old.retire(drain_timeout_s)
+            return ReloadResult(new.version, old.version, str(path), time.perf_counter() - started, drained)
 
     async def close(self) -> None:
         self.ready = False
-        await self.direct.stop()
-        await self.sequential.stop()
+        await self.served.direct.stop()
+        await self.served.sequential.stop()
         await self.store.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
@@ -80,8 +242,10 @@ class Runtime:
 async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
     """Load the bundle and the engine in the model thread, connect the store, start batchers, warm up."""
     if settings.BACKEND == "onnx":
-        raise StartupError("ELMREC_BACKEND=onnx: the ONNX backend is not available yet; "
-                           "use ELMREC_BACKEND=torch")
+        from model_store.onnx_backend import missing_onnx  # an optional extra: checked before loading
+
+        if (why := missing_onnx(resolve_device(settings.DEVICE))) is not None:
+            raise StartupError(f"ELMREC_BACKEND=onnx: {why}; or use ELMREC_BACKEND=torch")
     if settings.MODEL_DIR is None:
         raise StartupError("ELMREC_MODEL_DIR is not set: point it at a bundle folder written by "
                            "`python -m training train --out DIR`")
@@ -93,7 +257,7 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
             bundle = await loop.run_in_executor(executor, load_bundle, settings.MODEL_DIR)
         except BundleError as exc:
             raise StartupError(f"cannot load the bundle (ELMREC_MODEL_DIR): {exc}") from exc
-        engine = await loop.run_in_executor(executor, bundle.engine, device)
+        engine = await loop.run_in_executor(executor, build_engine, bundle, device, settings.BACKEND)
         try:
             store = make_store(settings.REDIS_URL, settings.REDIS_PREFIX, settings.HISTORY_MAX_LEN,
                                settings.REDIS_TIMEOUT_S, metrics)
@@ -102,20 +266,11 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
-    wait_s = settings.MAX_WAIT_MS / 1000.0
-    direct: MicroBatcher[DirectJob, list[Scored]] = MicroBatcher(
-        "direct", lambda jobs: run_direct_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s, metrics)
-    sequential: MicroBatcher[SequentialJob, list[Scored]] = MicroBatcher(
-        "sequential", lambda jobs: run_sequential_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s,
-        metrics)
-    recommender = Recommender(bundle, store, direct, sequential, metrics, settings.MAX_CANDIDATES,
-                              settings.HISTORY_MAX_LEN, settings.RERANK_EXTRA)
-    runtime = Runtime(bundle, engine, store, recommender, direct, sequential, executor, device,
-                      settings.BACKEND)
-    direct.start()
-    sequential.start()
+    served = serve_bundle(bundle, engine, store, executor, settings, metrics)
+    runtime = Runtime(served, store, executor, device, settings.BACKEND)
+    served.start()
     try:
-        seconds = await loop.run_in_executor(executor, warm_up, engine, bundle, recommender.min_beam)
+        seconds = await loop.run_in_executor(executor, warm_up, engine, bundle, served.recommender.min_beam)
     except BaseException:
         await runtime.close()
         raise

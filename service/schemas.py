@@ -17,9 +17,10 @@ Fallback = Literal["cold_start", "popularity"]
 
 
 class StrictBody(BaseModel):
-    """Unknown fields are an error (a typo such as `filter_histroy` must not pass silently)."""
+    """Unknown fields are an error (a typo such as `filter_histroy` must not pass silently); types are
+    strict, as the schema says (`false` or `"5"` is not an integer)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DirectRequest(StrictBody):
@@ -109,3 +110,5 @@ class ModelResponse(BaseModel):
     device: str
     backend: str
     metrics: dict[str, Any]
+    loaded_at: str = Field(description="when this version was loaded (UTC, ISO 8601)")
+    reloads: int = Field(description="successful POST /admin/reload swaps since the service started")

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     API_KEY: SecretStr | None = Field(
         default=None, description="X-API-Key required on /recommend/* and /users/*; unset = open")
     DEVICE: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
-    BACKEND: Literal["torch", "onnx"] = Field(default="torch", description="onnx: not available yet")
+    BACKEND: Literal["torch", "onnx"] = Field(
+        default="torch", description="onnx: ONNX Runtime (the onnx or onnx-gpu extra; exported on first use)")
     MAX_BATCH: int = Field(default=32, ge=1, le=1024, description="requests per micro-batch")
     MAX_WAIT_MS: float = Field(default=5.0, ge=0, le=1000, description="longest wait to fill a micro-batch")
     MAX_CANDIDATES: int = Field(default=100, ge=1, le=1000, description="candidates per direct request")
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     LOG_LEVEL: LogLevel = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG")
     MAX_BODY_BYTES: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="largest request body accepted")
+    SHUTDOWN_TIMEOUT_S: int = Field(
+        default=30, ge=1, le=600,
+        description="`python -m service`: on SIGTERM, longest wait for in-flight requests before closing")
     HOST: str = Field(default="0.0.0.0", description="`python -m service` bind address")
     PORT: int = Field(default=8000, ge=1, le=65535, description="`python -m service` port")
 

@@ -32,9 +32,24 @@ def save_checkpoint(
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     state = dict(state, torch_rng=torch.get_rng_state().tolist())
     (tmp / "state.json").write_text(json.dumps(state))
+    previous = _previous(folder)
+    shutil.rmtree(previous, ignore_errors=True)
     if folder.exists():
-        shutil.rmtree(folder)
+        os.replace(folder, previous)  # kept until the new one is in place: a kill loses no checkpoint
     os.replace(tmp, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
+
+
+def recover_checkpoint(folder: Path) -> bool:
+    """Put back the previous checkpoint if a kill came between moving it aside and the new one landing."""
+    previous = _previous(folder)
+    if not folder.exists() and previous.exists():
+        os.replace(previous, folder)
+    return folder.exists()
 
 
 def load_checkpoint(

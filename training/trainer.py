@@ -34,7 +34,7 @@ from model_store.errors import DataError
 from model_store.model import ElmrecModel
 from model_store.omega import Omega, random_omega, spectral_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from training.data import InteractionData, load_data
 from training.evaluate import (
     evaluate_direct,
@@ -269,7 +269,7 @@ def train(spec: RunSpec) -> Path:
     total_steps = steps_per_epoch * preset.epochs
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "best_step": 0,
                              "bad_evals": 0, "curve": [], "stopped": "", "train_seconds": 0.0}
-    if spec.resume and spec.checkpoint_dir.exists():
+    if spec.resume and recover_checkpoint(spec.checkpoint_dir):
         state = load_checkpoint(spec.checkpoint_dir, model, optimizer, best)
         if state["stopped"] in ("time", "max-steps"):
             state["stopped"] = ""  # an interrupted run goes on; a finished or early-stopped one does not

@@ -44,9 +44,14 @@ def test_corrupt_bundle_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
         _start(app)
 
 
-def test_onnx_backend_says_not_available(tiny_bundle: Path) -> None:
+def test_onnx_without_onnxruntime_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxruntime" else real(name, *args))
     app = create_app(make_settings(tiny_bundle, BACKEND="onnx"))
-    with pytest.raises(StartupError, match="ONNX backend is not available yet"):
+    with pytest.raises(StartupError, match=r"ELMREC_BACKEND=onnx: onnxruntime not installed: pip install"):
         _start(app)
 
 
