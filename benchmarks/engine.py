@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -37,6 +38,10 @@ Both sides run the T5 alone (`pure=True`): a bundle's graph-score ensemble is le
 computes the model's distribution (log-softmax over the item-id tokens only) with a logits processor
 that renormalises `generate`'s full-vocabulary log-probabilities over those tokens before the prefix
 constraint, and ranks by the raw sum of log-probabilities (`length_penalty=0`).
+
+`--backend onnx` also times the same engine on ONNX Runtime (`model_store/onnx_backend.py`, CPU provider
+on a CPU, as many threads as torch) beside the torch engine and `generate`, user by user, and checks it
+returns the torch engine's top-k lists; the JSON is then written as `engine-onnx-<device>-<date>.json`.
 """
 
 RESULTS = Path(__file__).parent / "results"
@@ -201,6 +206,19 @@ def ranked(scores: dict[int, float]) -> list[Scored]:
     return [Scored(i, s) for i, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def same_answers(
+    direct: Sequence[Scored], other_direct: Sequence[Scored], seq: Sequence[Scored],
+    other_seq: Sequence[Scored],
+) -> tuple[bool, float]:
+    """Same top-k direct items and same whole sequential lists from two engines? And the max |score diff|."""
+    same = ([s.item for s in direct[:TOP_K]] == [s.item for s in other_direct[:TOP_K]]
+            and [s.item for s in seq] == [s.item for s in other_seq])
+    theirs = {s.item: s.score for s in other_direct}
+    diffs = [abs(s.score - theirs[s.item]) for s in direct if s.item in theirs]
+    diffs += [abs(a.score - b.score) for a, b in zip(seq, other_seq, strict=False) if a.item == b.item]
+    return same, max(diffs, default=0.0)
+
+
 def overlap(a: Sequence[Scored], b: Sequence[Scored], k: int = TOP_K) -> float:
     """|top-k(a) ∩ top-k(b)| / k (k capped at the shorter list; 1.0 when both are empty)."""
     k = min(k, len(a), len(b)) if a and b else 0
@@ -245,11 +263,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(command: str) -> dict[str, Any]:
     """Versions, threads, command and date that every benchmark JSON carries."""
     return {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
         "torch_threads": torch.get_num_threads(),
         "command": command,
         "date": stamp(),
@@ -288,21 +315,26 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 def run(
     bundle_dir: Path, device: str, users: int, beams: int = 20, batch_users: int = 32,
     batched_users: int = 128, warmup: int = 2, seed: int = 0, threads: int | None = 1, command: str = "",
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Time both tasks on `users` users, one user per call, engine and generate interleaved per user."""
     with torch_threads(threads if device == "cpu" else None):
-        return _run(bundle_dir, device, users, beams, batch_users, batched_users, warmup, seed, command)
+        return _run(bundle_dir, device, users, beams, batch_users, batched_users, warmup, seed, command,
+                    backend)
 
 
 def _run(
     bundle_dir: Path, device: str, users: int, beams: int, batch_users: int, batched_users: int,
-    warmup: int, seed: int, command: str,
+    warmup: int, seed: int, command: str, backend: str,
 ) -> dict[str, Any]:
     from model_store.bundle import load_bundle
     from training.evaluate import sample_users, split_cases
 
     bundle = load_bundle(bundle_dir)
     engine = bundle.engine(device)
+    other = bundle.engine(device, backend="onnx") if backend == "onnx" else None
+    onnx_same: list[float] = []
+    onnx_diff = 0.0
     baseline = GenerateBaseline(engine)
     n_users = bundle.codec.n_users
     chosen = sample_users(n_users, min(users + warmup, n_users), seed)
@@ -324,6 +356,14 @@ def _run(
         ours_s = clock.time(prefix + "sequential", engine.beam_sequential, [user], [hist], beams,
                             pure=True)[0]
         gen_s = clock.time(prefix + "generate_sequential", baseline.sequential, [user], [hist], beams)[0]
+        if other is not None:
+            onnx_d = clock.time(prefix + "onnx_direct", other.score_direct, [user], [cands[i]], pure=True)[0]
+            onnx_s = clock.time(prefix + "onnx_sequential", other.beam_sequential, [user], [hist], beams,
+                                pure=True)[0]
+            if not prefix:
+                same, diff = same_answers(ranked(ours_d), ranked(onnx_d), ours_s, onnx_s)
+                onnx_same.append(float(same))
+                onnx_diff = max(onnx_diff, diff)
         if prefix:
             continue
         direct_agree.append(overlap(ranked(ours_d), gen_d))
@@ -349,9 +389,33 @@ def _run(
         clock.time("batched_direct", engine.score_direct, chunk_users, [bcands[j] for j in chunk], pure=True)
         clock.time("batched_sequential", engine.beam_sequential, chunk_users,
                    [bcase.histories[j] for j in chunk], beams, pure=True)
+        if other is not None:
+            if chunk.start == 0:  # the ONNX engine's own warm-up batch
+                other.score_direct(chunk_users, [bcands[j] for j in chunk], pure=True)
+                other.beam_sequential(chunk_users, [bcase.histories[j] for j in chunk], beams, pure=True)
+            clock.time("batched_onnx_direct", other.score_direct, chunk_users, [bcands[j] for j in chunk],
+                       pure=True)
+            clock.time("batched_onnx_sequential", other.beam_sequential, chunk_users,
+                       [bcase.histories[j] for j in chunk], beams, pure=True)
 
     ms = {k: clock.ms_per(k, n) for k in ("direct", "sequential", "generate_direct", "generate_sequential")}
     direct_top, seq_top = _mean(direct_agree), _mean(seq_agree)
+    onnx: dict[str, Any] = {}
+    if other is not None:
+        od, osq = clock.ms_per("onnx_direct", n), clock.ms_per("onnx_sequential", n)
+        onnx = {
+            "onnx_direct_ms_per_user": od,
+            "onnx_sequential_ms_per_user": osq,
+            "onnx_direct_speedup_vs_torch": round(ms["direct"] / max(od, 1e-9), 2),
+            "onnx_sequential_speedup_vs_torch": round(ms["sequential"] / max(osq, 1e-9), 2),
+            "onnx_direct_speedup_vs_generate": round(ms["generate_direct"] / max(od, 1e-9), 2),
+            "onnx_sequential_speedup_vs_generate": round(ms["generate_sequential"] / max(osq, 1e-9), 2),
+            "onnx_identical_to_torch_fraction": _mean(onnx_same),
+            "onnx_max_score_diff_vs_torch": float(f"{onnx_diff:.3g}"),
+            "batched_onnx_direct_ms_per_user": clock.ms_per("batched_onnx_direct", len(pool)),
+            "batched_onnx_sequential_ms_per_user": clock.ms_per("batched_onnx_sequential", len(pool)),
+            **onnx_setup(other),
+        }
     return {
         "benchmark": "engine",
         "device": device_name(engine.device),
@@ -379,12 +443,34 @@ def _run(
         "batched_direct_ms_per_user": clock.ms_per("batched_direct", len(pool)),
         "batched_sequential_ms_per_user": clock.ms_per("batched_sequential", len(pool)),
         "graph_ensemble": "left out (pure=True on both sides)",
+        "backend": backend,
+        **onnx,
         **environment(command),
     }
 
 
+def onnx_setup(engine: InferenceEngine) -> dict[str, Any]:
+    """The ONNX Runtime providers and threads an engine runs with (empty for a torch engine)."""
+    from model_store.onnx_backend import OnnxRunner
+
+    runner = engine.runner
+    if not isinstance(runner, OnnxRunner):
+        return {}
+    return {"onnx_providers": runner.sessions["decoder"].get_providers(), "onnx_threads": runner.threads}
+
+
 def summary(result: dict[str, Any]) -> str:
     r = result
+    onnx = [] if r.get("backend") != "onnx" else [
+        f"  onnx runtime engine ({', '.join(r['onnx_providers'])}, {r['onnx_threads']} threads): direct "
+        f"{r['onnx_direct_ms_per_user']:.2f} ms/user ({r['onnx_direct_speedup_vs_torch']:.2f}x torch), "
+        f"sequential {r['onnx_sequential_ms_per_user']:.2f} ms/user "
+        f"({r['onnx_sequential_speedup_vs_torch']:.2f}x torch); batched direct "
+        f"{r['batched_onnx_direct_ms_per_user']:.2f}, sequential "
+        f"{r['batched_onnx_sequential_ms_per_user']:.2f} ms/user",
+        f"  onnx vs torch engine: same lists for {r['onnx_identical_to_torch_fraction']:.3f} of users, "
+        f"max |score diff| {r['onnx_max_score_diff_vs_torch']:.2g}",
+    ]
     return "\n".join([
         f"engine vs transformers generate ({r['beams']} beams) on {r['dataset']} / {r['preset']}, "
         f"{r['users']} users, {r['device']}",
@@ -400,6 +486,7 @@ def summary(result: dict[str, Any]) -> str:
         f"  sequential whole {r['beams']}-item lists: agreement {r['sequential_full_beam_agreement']:.3f}",
         f"  max |generate score - engine exact log p|: direct {r['direct_max_score_diff']:.2g}, "
         f"sequential {r['sequential_max_score_diff']:.2g}",
+        *onnx,
     ])
 
 
@@ -416,19 +503,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="which users (a fixed random sample)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads on CPU (0: torch's default); see docs/PERFORMANCE.md")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="onnx: also time the engine on ONNX Runtime, beside torch and generate")
     p.add_argument("--json", action="store_true", help="print one JSON object last and write it to --out-dir")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.users < 1:
         p.error("--users must be >= 1")
+    if args.backend == "onnx":
+        from model_store.onnx_backend import missing_onnx
+
+        if (why := missing_onnx()) is not None:
+            p.error(f"--backend onnx: {why}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     command = " ".join(["python -m benchmarks.engine", *(sys.argv[1:] if argv is None else argv)])
     result = run(args.bundle, args.device, args.users, args.beams, args.batch_users, args.batched_users,
-                 args.warmup, args.seed, args.threads or None, command)
+                 args.warmup, args.seed, args.threads or None, command, args.backend)
     print(summary(result))
     if args.json:
-        path = write_json(result, args.out_dir, args.device)
+        path = write_json(result, args.out_dir, args.device, "onnx" if args.backend == "onnx" else "")
         print(f"wrote {path}")
         print(json.dumps(result))
     return 0

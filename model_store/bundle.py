@@ -126,17 +126,25 @@ class Bundle:
         """The model with its weights loaded (on CPU)."""
         return build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir())
 
-    def engine(self, device: str | torch.device = "cpu") -> InferenceEngine:
+    def engine(self, device: str | torch.device = "cpu", backend: str = "torch") -> InferenceEngine:
+        """The inference engine; backend "onnx" runs the model with `model_store.onnx_backend`."""
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend {backend!r}: expected 'torch' or 'onnx'")
         id_tokens = IdTokens(load_tokenizer(self.tokenizer_dir()), self.codec.user_numbers.tolist(),
                              self.codec.item_numbers.tolist())
         model = build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir(),
                             id_tokens)
+        runner = None
+        if backend == "onnx":
+            from model_store.onnx_backend import onnx_runner  # optional dependency: imported on demand
+
+            runner = onnx_runner(self.path, model, device)
         builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
                                 self.config.model.max_whole_word)
         gp = self.config.graph_prior
         prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool)
         return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
-                               prior=prior)
+                               prior=prior, runner=runner)
 
 
 def omega_matrix(omega: Omega) -> torch.Tensor:

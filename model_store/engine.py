@@ -9,14 +9,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from model_store.fast_decoder import GroupedT5Decoder, SelfCache
+from model_store.fast_decoder import CrossCache, GroupedT5Decoder, SelfCache
 from model_store.model import PAD_ID, ElmrecModel
 from model_store.omega import Omega
-from model_store.prompts import IdTokens, PromptBuilder, pad_encoder
+from model_store.prompts import EncoderBatch, IdTokens, PromptBuilder, pad_encoder
 from model_store.trie import ItemTrie
 
 
@@ -55,6 +56,40 @@ class GraphPrior:
         return items, scores[np.asarray(items, dtype=np.int64)]
 
 
+class ModelRunner(Protocol):
+    """The engine's two model calls: `TorchRunner` (torch) or `model_store.onnx_backend` (ONNX Runtime)."""
+
+    def encode(self, task: str, batch: EncoderBatch, extra_omega: torch.Tensor | None) -> CrossCache:
+        """Prompts -> each decoder layer's cross-attention keys/values and the encoder mask."""
+        ...
+
+    def decode(
+        self, tokens: torch.Tensor, cross: CrossCache, past: SelfCache | None
+    ) -> tuple[torch.Tensor, SelfCache]:
+        """Decoder rows (B, G, t) -> log-probabilities (B, G, t, V) of the output vocabulary, new cache."""
+        ...
+
+
+class TorchRunner:
+    """`ModelRunner` in torch: `ElmrecModel.encode` and the grouped decoder with its KV caches."""
+
+    def __init__(self, model: ElmrecModel, restricted: bool) -> None:
+        self.model = model
+        self.restricted = restricted
+        self.decoder = GroupedT5Decoder(model.t5.get_decoder())
+
+    def encode(self, task: str, batch: EncoderBatch, extra_omega: torch.Tensor | None) -> CrossCache:
+        states, mask = self.model.encode(task, batch.input_ids, batch.attention_mask, batch.ww, extra_omega)
+        return self.decoder.cross_cache(states, mask)
+
+    def decode(
+        self, tokens: torch.Tensor, cross: CrossCache, past: SelfCache | None
+    ) -> tuple[torch.Tensor, SelfCache]:
+        hidden, new_past = self.decoder(tokens, cross, past)
+        logits = self.model.logits(hidden * self.model.output_scale, self.restricted)
+        return torch.log_softmax(logits.float(), dim=-1), new_past
+
+
 @dataclass(frozen=True)
 class Scored:
     """An item (dense index) with its log-likelihood under the model."""
@@ -75,6 +110,7 @@ class InferenceEngine:
         seed: int = 0,
         max_rows: int = 4096,
         prior: GraphPrior | None = None,
+        runner: ModelRunner | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.builder = builder
@@ -93,7 +129,7 @@ class InferenceEngine:
         self.label_to_token = (
             model.output_tokens.cpu().numpy() if self.restricted else np.arange(vocab, dtype=np.int64)
         )
-        self.decoder = GroupedT5Decoder(model.t5.get_decoder())
+        self.runner: ModelRunner = runner or TorchRunner(self.model, self.restricted)
 
     @contextlib.contextmanager
     def _mode(self) -> Iterator[None]:
@@ -110,9 +146,6 @@ class InferenceEngine:
         unique = sorted(set(int(c) for c in candidates))
         rng = np.random.default_rng([self.seed, int(user), len(unique)])
         return [unique[i] for i in rng.permutation(len(unique))]
-
-    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.model.logits(hidden, self.restricted).float(), dim=-1)
 
     # -- direct recommendation ----------------------------------------------------------------
     def score_direct(
@@ -196,11 +229,8 @@ class InferenceEngine:
                 valid[b, j, : len(lab)] = True
                 dec_in[b, j, 1 : len(tok)] = tok[:-1]
         with self._mode():
-            states, mask = self.model.encode(task, batch.input_ids, batch.attention_mask, batch.ww,
-                                              extra_omega)
-            cross = self.decoder.cross_cache(states, mask)
-            hidden, _ = self.decoder(torch.from_numpy(dec_in).to(self.device), cross)
-            logp = self._log_probs(hidden * self.model.output_scale)
+            cross = self.runner.encode(task, batch, extra_omega)
+            logp, _ = self.runner.decode(torch.from_numpy(dec_in).to(self.device), cross, None)
             lab_t = torch.from_numpy(labels).to(self.device)
             picked = logp.gather(-1, lab_t.unsqueeze(-1)).squeeze(-1)
             picked = picked * torch.from_numpy(valid).to(self.device)
@@ -264,10 +294,7 @@ class InferenceEngine:
         past: SelfCache | None = None
         label_to_token = torch.from_numpy(self.label_to_token).to(self.device)
         with self._mode():
-            states, mask = self.model.encode(
-                "sequential", batch.input_ids, batch.attention_mask, batch.ww
-            )
-            cross = self.decoder.cross_cache(states, mask)
+            cross = self.runner.encode("sequential", batch, None)
             done: list[list[tuple[float, int]]] = [[] for _ in range(b)]  # finished (score, item)
             for _ in range(self.trie.max_depth):
                 alive = torch.isfinite(scores).cpu().numpy()
@@ -277,8 +304,8 @@ class InferenceEngine:
                 ):
                     break  # scores only fall: no running beam can beat a full finished list
                 g = nodes.shape[1]
-                hidden, past = self.decoder(tokens, cross, past)
-                logp = self._log_probs(hidden[:, :, -1] * self.model.output_scale)  # (B, G, V)
+                step, past = self.runner.decode(tokens, cross, past)
+                logp = step[:, :, -1]  # (B, G, V)
                 children = self.trie.allowed(nodes.reshape(-1)).reshape(b, g, vocab)
                 allowed = torch.from_numpy(children > 0).to(self.device)
                 cand = torch.where(allowed, scores.unsqueeze(-1) + logp, torch.tensor(-torch.inf))
