@@ -43,7 +43,8 @@ def baselines(args: argparse.Namespace) -> None:
 
     for task in args.tasks:
         for result in run_baselines(Path(args.data), task, split=args.split, id_scheme=args.id_scheme,
-                                    limit_users=args.limit_users, seed=args.seed, methods=args.methods):
+                                    limit_users=args.limit_users, seed=args.seed, methods=args.methods,
+                                    max_minutes=args.max_minutes):
             result["minutes"] = round(result.pop("seconds") / 60, 2)
             path = write_result(result, " ".join(["python -m benchmarks.quality", *sys.argv[1:]]))
             print(f"{result['method']:15s} {task:10s} HR@10 {result['hr@10']:.4f} "
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--limit-users", type=int, default=None)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--methods", nargs="*", default=None)
+    b.add_argument("--max-minutes", type=float, default=None, help="time box of each neural baseline")
     b.set_defaults(func=baselines)
     u = sub.add_parser("bundle")
     u.add_argument("--bundle", required=True)

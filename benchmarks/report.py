@@ -17,18 +17,32 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
 
 
+MAIN_OMEGA = ("omega-spectral", "omega-random")  # the other Ω-alone variants are tabled in docs/OMEGA.md
+
+
 def load() -> list[dict[str, Any]]:
     rows = []
     for path in sorted(RESULTS.glob("quality-*.json")):
         row = json.loads(path.read_text())
+        if row["method"].startswith("omega-") and row["method"] not in MAIN_OMEGA:
+            continue
         row["_file"] = path.name
         rows.append(row)
     return rows
 
 
+ORDER = ("popularity", "itemknn", "als", "bpr", "lightgcn", "sasrec")  # first rows, in this order
+NOTES = {("sasrec", "direct"): " (direct: sees history incl. validation item)"}
+
+
 def _label(row: dict[str, Any]) -> str:
     preset = f" ({row['preset']})" if row.get("preset") else ""
-    return f"{row['method']}{preset}"
+    return f"{row['method']}{preset}{NOTES.get((row['method'], row['task']), '')}"
+
+
+def _order(label: str) -> tuple[int, str]:
+    name = label.split(" ")[0]
+    return (ORDER.index(name) if name in ORDER else len(ORDER), label)
 
 
 def tables(rows: list[dict[str, Any]]) -> str:
@@ -44,7 +58,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             " | users (per dataset) | device | minutes | seed |"
         out.append(head)
         out.append("|" + "---|" * (head.count("|") - 1))
-        methods = sorted({_label(r) for r in items})
+        methods = sorted({_label(r) for r in items}, key=_order)
         for method in methods:
             cells = []
             meta: dict[str, Any] = {}

@@ -13,16 +13,18 @@ import scipy.sparse as sp
 
 from model_store.codec import IdCodec
 from model_store.errors import DataError
-from model_store.omega import Omega, random_omega, spectral_omega
+from model_store.omega import Omega
 from training.data import load_data
 from training.evaluate import EvalCase, split_cases
 from training.metrics import rank_in_list, summarize
 from training.negatives import negatives_for
+from training.omega_variants import SYNTAX, build_omega, parse_omega
 from training.split import leave_one_out, train_edges
 from training.trainer import subset_users
 
 Scorer = Callable[[int, Sequence[int]], np.ndarray]  # (user, history) -> scores over all items
-METHODS = ("popularity", "itemknn", "omega-spectral", "omega-random", "p5-leak")
+LEARNED = ("als", "bpr", "lightgcn", "sasrec")  # minutes each: run only when named in `methods`
+METHODS = ("popularity", "itemknn", "omega-spectral", "omega-random", "p5-leak", *LEARNED)
 
 
 class Harness:
@@ -134,12 +136,18 @@ def evaluate_scorer(score: Scorer, case: EvalCase, task: str, seed: int) -> dict
 def run_baselines(
     data_path: Path, task: str, split: str = "test", id_scheme: str = "shuffled",
     limit_users: int | None = None, seed: int = 0, methods: Sequence[str] | None = None,
+    max_minutes: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Every baseline on one dataset/task/split; ItemKNN's recency decay is chosen on validation."""
-    chosen = list(methods or [m for m in METHODS if m != "p5-leak" or id_scheme == "p5"])
-    unknown = [m for m in chosen if m not in METHODS]
+    """Every baseline on one dataset/task/split; ItemKNN's recency decay is chosen on validation.
+
+    The learned ones (als, bpr, lightgcn, sasrec: `training.baselines_mf`) are fit on train
+    interactions, tuned on validation users; the neural ones are time-boxed at `max_minutes` each.
+    """
+    chosen = list(methods or [m for m in METHODS
+                              if (m != "p5-leak" or id_scheme == "p5") and m not in LEARNED])
+    unknown = [m for m in chosen if m not in METHODS and parse_omega(m) is None]
     if unknown:
-        raise DataError(f"unknown baseline(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise DataError(f"unknown baseline(s) {unknown}; choose from {', '.join(METHODS)} or {SYNTAX}")
     data = load_data(data_path)
     if limit_users is not None:
         data = subset_users(data, limit_users)
@@ -159,12 +167,13 @@ def run_baselines(
             decay = _tune_decay(harness, data.sequences, negatives, task, seed)
             scorer = itemknn_scorer(harness, decay)
             extra["decay"] = decay
-        elif method in ("omega-spectral", "omega-random"):
-            if method == "omega-spectral":
-                omega = spectral_omega(data.n_users, data.n_items, users, items,
-                                       k=min(64, data.n_users, data.n_items))
-            else:
-                omega = random_omega(data.n_users, data.n_items, users, items, dim=512, sigma=1.0, seed=seed)
+        elif method in LEARNED:
+            from training.baselines_mf import learned_scorer
+
+            scorer, extra = learned_scorer(method, harness, data.sequences, negatives, case, task, seed,
+                                           max_minutes)
+        elif (variant := parse_omega(method)) is not None:
+            omega = build_omega(variant, data.n_users, data.n_items, users, items, seed)
             scorer = omega_scorer(omega) if task == "direct" else sequential_omega_scorer(omega)
             extra["omega"] = omega.params
         else:

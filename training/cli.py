@@ -71,7 +71,8 @@ def _baselines(args: argparse.Namespace) -> int:
     from training.baselines import run_baselines
 
     results = run_baselines(Path(args.data), args.task, split=args.split, id_scheme=args.id_scheme,
-                            limit_users=args.limit_users, seed=args.seed, methods=args.methods)
+                            limit_users=args.limit_users, seed=args.seed, methods=args.methods,
+                            max_minutes=args.max_minutes)
     _print(results, args.json)
     return 0
 
@@ -122,7 +123,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_evaluate)
 
-    b = sub.add_parser("baselines", help="popularity, ItemKNN, Ω alone, the P5 leak rule")
+    b = sub.add_parser("baselines", help="popularity, ItemKNN, Ω alone, the P5 leak rule; "
+                       "learned ones (als bpr lightgcn sasrec) when named in --methods")
     b.add_argument("--data", required=True)
     b.add_argument("--task", required=True, choices=["direct", "sequential"])
     b.add_argument("--split", default="test", choices=["valid", "test"])
@@ -130,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--limit-users", type=int, default=None)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--methods", nargs="*", default=None)
+    b.add_argument("--max-minutes", type=float, default=None,
+                   help="time box of each neural baseline (lightgcn, sasrec); default 5")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_baselines)
     return p
