@@ -13,6 +13,7 @@ from scipy.sparse.linalg import svds
 from model_store.errors import BundleError, DataError
 
 Side = Literal["user", "item"]
+Solver = Literal["svds", "randomized"]
 ParamValue = float | int | bool | str
 
 # Eigenvalues below this are treated as zero by fold_in (no division by them).
@@ -250,6 +251,8 @@ def spectral_omega(
     layers: int = 4,
     include_e0: bool = True,
     sigma: float = 1.0,
+    solver: Solver = "svds",
+    power_iters: int = 32,
 ) -> Omega:
     """Deterministic Ω: top-k eigenvectors of Â (largest algebraic), column j × mean(λ_j^0..λ_j^L).
 
@@ -257,15 +260,28 @@ def spectral_omega(
     eigenvalue = singular value, eigenvector = [u; v]/√2. Signs are fixed (largest-|value| entry of
     each column positive), columns sorted by eigenvalue descending, and the table is rescaled by one
     global scalar (``params["scale"]``) so that the standard deviation of its entries is ``sigma``.
+
+    ``solver="svds"`` (default) is ARPACK, exact to its tolerance; ``solver="randomized"`` is
+    scikit-learn's ``randomized_svd`` (seed 0, k oversamples, ``power_iters`` power iterations), for
+    graphs too large for ARPACK: Â's spectrum decays slowly, so it needs many iterations to match
+    (see docs/OMEGA.md). ``params["solver"]`` records the solver only when it is not the default.
     """
     if not sigma > 0:
         raise DataError(f"sigma must be > 0, got {sigma}")
+    if solver not in ("svds", "randomized"):
+        raise DataError(f"solver must be 'svds' or 'randomized', got {solver!r}")
+    if power_iters < 0:
+        raise DataError(f"power_iters must be >= 0, got {power_iters}")
     _check_layers(layers, include_e0)
     rn, user_degree, item_degree = _normalized_biadjacency(n_users, n_items, users, items)
     smallest = min(n_users, n_items)
     if not 1 <= k <= smallest:
         raise DataError(f"k must be in 1..{smallest} (min of n_users, n_items), got {k}")
-    if k < smallest:
+    if k < smallest and solver == "randomized":
+        from sklearn.utils.extmath import randomized_svd
+
+        u, s, vt = randomized_svd(rn, k, n_oversamples=k, n_iter=power_iters, random_state=0)
+    elif k < smallest:
         v0 = np.random.default_rng(0).uniform(0.5, 1.5, size=smallest)
         u, s, vt = svds(rn, k=k, v0=v0, solver="arpack")
     else:
@@ -285,6 +301,8 @@ def spectral_omega(
         "include_e0": bool(include_e0),
         "scale": float(scale),
     }
+    if solver != "svds":
+        params.update(solver=solver, power_iters=int(power_iters))
     return Omega(
         "spectral",
         np.ascontiguousarray(vectors[:n_users], dtype=np.float32),

@@ -34,6 +34,20 @@ def random_graph(
     return n_users, n_items, np.array(users, dtype=np.int64), np.array(items, dtype=np.int64)
 
 
+def clustered_graph(
+    n_users: int = 200, n_items: int = 120, per_user: int = 6, blocks: int = 4, seed: int = 5
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Users pick most items inside their block: ``blocks`` top eigenvalues stand clear of the rest."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        inside = np.arange(u % blocks, n_items, blocks)
+        chosen = [*rng.choice(inside, size=per_user - 1, replace=False).tolist(), int(rng.integers(n_items))]
+        users += [u] * len(chosen)
+        items += chosen
+    return n_users, n_items, np.array(users, dtype=np.int64), np.array(items, dtype=np.int64)
+
+
 def dense_adjacency(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     a = np.zeros((n_users + n_items, n_users + n_items))
     for u, i in zip(users, items, strict=True):
@@ -228,6 +242,42 @@ def test_spectral_full_rank_path_matches_sparse_path() -> None:
     reference = np.sort(np.linalg.eigvalsh(normalized_adjacency(n_users, n_items, users, items).toarray()))
     assert full.eigenvalues is not None
     np.testing.assert_allclose(full.eigenvalues, reference[::-1][:n_items], atol=1e-8)
+
+
+def test_spectral_randomized_solver_agrees_with_svds() -> None:
+    n_users, n_items, users, items = clustered_graph()
+    exact = spectral_omega(n_users, n_items, users, items, k=4)
+    approx = spectral_omega(n_users, n_items, users, items, k=4, solver="randomized")
+    again = spectral_omega(n_users, n_items, users, items, k=4, solver="randomized")
+    assert exact.eigenvalues is not None and approx.eigenvalues is not None
+    np.testing.assert_allclose(approx.eigenvalues, exact.eigenvalues, rtol=1e-6)
+    # Same columns with the same (deterministically fixed) signs, hence the same table.
+    np.testing.assert_allclose(approx.users, exact.users, atol=1e-4 * float(np.abs(exact.users).max()))
+    np.testing.assert_allclose(approx.items, exact.items, atol=1e-4 * float(np.abs(exact.items).max()))
+    np.testing.assert_array_equal(approx.users, again.users)
+    table = np.vstack([approx.users, approx.items])
+    assert np.all(table[np.argmax(np.abs(table), axis=0), np.arange(table.shape[1])] > 0)
+    assert "solver" not in exact.params  # the default leaves stored params as they were
+    assert approx.params["solver"] == "randomized" and approx.params["power_iters"] == 32
+
+
+def test_spectral_randomized_power_iterations_matter() -> None:
+    n_users, n_items, users, items = clustered_graph()
+    exact = spectral_omega(n_users, n_items, users, items, k=4)
+    rough = spectral_omega(n_users, n_items, users, items, k=4, solver="randomized", power_iters=0)
+    tight = spectral_omega(n_users, n_items, users, items, k=4, solver="randomized", power_iters=32)
+    assert exact.eigenvalues is not None and rough.eigenvalues is not None and tight.eigenvalues is not None
+    rough_err = np.abs(rough.eigenvalues - exact.eigenvalues).max()
+    tight_err = np.abs(tight.eigenvalues - exact.eigenvalues).max()
+    assert rough_err > 1e-2 and tight_err < 1e-9
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"solver": "lobpcg"}, "solver must be"),
+                                               ({"power_iters": -1}, "power_iters")])
+def test_spectral_rejects_bad_solver(kwargs: dict[str, object], match: str) -> None:
+    n_users, n_items, users, items = random_graph()
+    with pytest.raises(DataError, match=match):
+        spectral_omega(n_users, n_items, users, items, k=4, **kwargs)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- fold-in
