@@ -116,12 +116,9 @@ def rerank(args: argparse.Namespace) -> None:
 
 
 def plot_variants(rows: list[dict[str, Any]], path: Path, sweep: str) -> None:
-    import matplotlib
+    from benchmarks.plots import save, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = subplots(1, 2, figsize=(9, 3.5))
     names = [r["variant"] for r in rows]
     for ax, task in zip(axes, ("direct", "sequential"), strict=True):
         width = 0.38
@@ -131,28 +128,20 @@ def plot_variants(rows: list[dict[str, Any]], path: Path, sweep: str) -> None:
         ax.set_xticks(range(len(rows)), names, rotation=20)
         ax.set_title(f"{task} NDCG@10")
         ax.legend(fontsize=8)
-    fig.suptitle(f"ablation: {sweep}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, f"ablation: {sweep}", dpi=100)
 
 
 def plot_rerank(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    from benchmarks.plots import save, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ns = [r["n"] for r in rows]
     for kind, label in (("elmrec", "T5 alone"), ("served", "served (T5 + graph)")):
         ax.plot(ns, [r[kind]["ndcg@10"] for r in rows], marker="o", label=label)
     ax.set_xlabel("rerank N (generate 10+N, drop history, keep 10)")
     ax.set_ylabel("sequential NDCG@10 (filtered)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def _cell(block: dict[str, Any] | None) -> str:

@@ -300,12 +300,9 @@ def run(specs: list[dict[str, Any]], solvers: Sequence[str], k: int, dim: int, t
 
 def plot(result: dict[str, Any], path: Path) -> Path:
     """Log-log CPU seconds (solid) and peak MB (dashed) of each solver's builds against edges, as a PNG."""
-    import matplotlib
+    from benchmarks.plots import save, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_time, ax_mem) = subplots(1, 2, figsize=(11, 4.2))
     for solver in SOLVERS:
         ok = sorted((r["edges"], r["cpu_seconds"], r["build_peak_mb"]) for r in result["rows"]
                     if r["solver"] == solver and r["status"] == "ok")
@@ -321,12 +318,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Ω build cost, k = 64 spectral / d = 512 random, {result['device']}, 1 BLAS thread, "
-                 f"{result['date']}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, f"Ω build cost, k = 64 spectral / d = 512 random, {result['device']}, 1 BLAS thread, "
+                 f"{result['date']}", dpi=110)
     return path
 
 

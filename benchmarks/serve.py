@@ -216,13 +216,10 @@ def summary(result: dict[str, Any]) -> str:
 
 def plot(results: list[dict[str, Any]], path: Path) -> Path:
     """Per task, p50/p95/p99 latency and throughput against concurrency, a colour per backend (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import save, subplots
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.9 * len(tasks)), squeeze=False)
+    fig, axes = subplots(len(tasks), 2, figsize=(11, 3.9 * len(tasks)), squeeze=False)
     colours = {backend: f"C{i}" for i, backend in enumerate(dict.fromkeys(r["backend"] for r in results))}
     for r in results:
         lat_ax, rps_ax = axes[tasks.index(r["task"])]
@@ -244,12 +241,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path:
             ax.legend(fontsize=8)
         row[0].set_yscale("log")
     first = results[0]
-    fig.suptitle(f"serve benchmark: {first['device']}, {first['preset']} / {first['dataset']}, "
-                 f"{first['date']}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, f"serve benchmark: {first['device']}, {first['preset']} / {first['dataset']}, "
+                 f"{first['date']}", dpi=110)
     return path
 
 
