@@ -182,7 +182,8 @@ def run_baselines(
             scorer = leak_scorer(codec)
         metrics = evaluate_scorer(scorer, case, task, seed)
         results.append({
-            "method": method, "preset": None, "dataset": data.name, "task": task, "split": split, "seed": seed,
+            "method": method, "preset": None, "dataset": data.name, "task": task, "split": split,
+            "seed": seed,
             "users": len(case.users), "device": f"cpu ({os.cpu_count()} cores)",
             "seconds": round(time.perf_counter() - start, 2),
             "protocol": {"id_scheme": id_scheme, "graph": "train", "split": "leave-one-out",
