@@ -59,11 +59,6 @@ def warm_up(engine: InferenceEngine, bundle: Bundle, beam: int) -> float:
     return time.perf_counter() - start
 
 
-def build_engine(bundle: Bundle, device: str, backend: str) -> InferenceEngine:
-    """The inference engine of `bundle` on `device` (used at startup and by every reload)."""
-    return bundle.engine(device, backend)
-
-
 class ReloadRefusedError(BadRequestError):
     """The new bundle cannot be loaded (corrupt, incompatible, missing): refused; the old one serves on."""
 
@@ -125,9 +120,12 @@ class ServedModel:
                 await self._idle.wait()
         except TimeoutError:
             drained = False
+        await self.stop()
+        return drained
+
+    async def stop(self) -> None:
         await self.direct.stop()
         await self.sequential.stop()
-        return drained
 
 
 def serve_bundle(
@@ -146,12 +144,12 @@ def serve_bundle(
     return ServedModel(bundle, engine, recommender, direct, sequential)
 
 
-def load_and_warm(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine, float]:
+def load_and_warm(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine]:
     """Load and verify a bundle, build its engine and warm it up (in a thread of its own)."""
     bundle = load_bundle(path)
-    engine = build_engine(bundle, device, backend)
-    seconds = warm_up(engine, bundle, max(MIN_BEAM, bundle.config.beam))
-    return bundle, engine, seconds
+    engine = bundle.engine(device, backend)
+    warm_up(engine, bundle, max(MIN_BEAM, bundle.config.beam))
+    return bundle, engine
 
 
 @dataclass(frozen=True)
@@ -176,26 +174,6 @@ class Runtime:
     reloads: int = 0
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def bundle(self) -> Bundle:
-        return self.served.bundle
-
-    @property
-    def engine(self) -> InferenceEngine:
-        return self.served.engine
-
-    @property
-    def recommender(self) -> Recommender:
-        return self.served.recommender
-
-    @property
-    def direct(self) -> MicroBatcher[DirectJob, list[Scored]]:
-        return self.served.direct
-
-    @property
-    def sequential(self) -> MicroBatcher[SequentialJob, list[Scored]]:
-        return self.served.sequential
-
     def lease(self) -> contextlib.AbstractContextManager[Recommender]:
         """The served version, held for one request (see ServedModel.lease)."""
         return self.served.lease()
@@ -214,7 +192,7 @@ class Runtime:
         async with self._reload_lock:
             started = time.perf_counter()
             try:
-                bundle, engine, _ = await asyncio.to_thread(load_and_warm, path, self.device, self.backend)
+                bundle, engine = await asyncio.to_thread(load_and_warm, path, self.device, self.backend)
             except Exception as exc:
                 metrics.model_reloads.labels(result="refused").inc()
                 reason = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
@@ -233,8 +211,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.ready = False
-        await self.served.direct.stop()
-        await self.served.sequential.stop()
+        await self.served.stop()
         await self.store.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
@@ -257,7 +234,7 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
             bundle = await loop.run_in_executor(executor, load_bundle, settings.MODEL_DIR)
         except BundleError as exc:
             raise StartupError(f"cannot load the bundle (ELMREC_MODEL_DIR): {exc}") from exc
-        engine = await loop.run_in_executor(executor, build_engine, bundle, device, settings.BACKEND)
+        engine = await loop.run_in_executor(executor, bundle.engine, device, settings.BACKEND)
         try:
             store = make_store(settings.REDIS_URL, settings.REDIS_PREFIX, settings.HISTORY_MAX_LEN,
                                settings.REDIS_TIMEOUT_S, metrics)
