@@ -20,6 +20,8 @@ class OmegaConfig(BaseModel):
     sigma: float = Field(6.0, gt=0, description="std of E0 (random) / of the rescaled table (spectral)")
     layers: int = Field(4, ge=0, le=16, description="propagation depth L")
     include_e0: bool = Field(True, description="average layers 0..L (True) or 1..L (False)")
+    solver: Literal["svds", "randomized"] = Field(
+        "svds", description="spectral: exact svds, or randomized SVD for graphs too large for it")
     seed: int = 0
 
 

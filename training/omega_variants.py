@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import numpy as np
 
-from model_store.omega import Omega, random_omega, spectral_omega
+from model_store.config import OmegaConfig
+from model_store.omega import Omega
+from training import trainer
 
 # omega-spectral[-k<K>][-l1][-randomized] | omega-random[-d<D>][-l1]; -l1 leaves E0 (λ^0) out of the mean.
 _PATTERN = re.compile(r"omega-(?P<kind>spectral|random)(?:-(?P<letter>[kd])(?P<size>[1-9]\d{0,4}))?"
@@ -19,10 +22,10 @@ SYNTAX = "omega-spectral[-k<K>][-l1][-randomized] or omega-random[-d<D>][-l1]"
 class OmegaVariant:
     """One Ω baseline: kind, k (spectral) or d (random), first power 0 or 1, spectral solver."""
 
-    kind: str
+    kind: Literal["spectral", "random"]
     size: int
     include_e0: bool
-    solver: str = "svds"
+    solver: Literal["svds", "randomized"] = "svds"
 
 
 def parse_omega(method: str) -> OmegaVariant | None:
@@ -41,15 +44,14 @@ def parse_omega(method: str) -> OmegaVariant | None:
         return None
     size = int(match["size"]) if match["size"] else (64 if kind == "spectral" else 512)
     solver = "randomized" if match["randomized"] else "svds"
-    return OmegaVariant(kind, size, include_e0=match["l1"] is None, solver=solver)
+    return OmegaVariant(cast(Literal["spectral", "random"], kind), size, include_e0=match["l1"] is None,
+                        solver=cast(Literal["svds", "randomized"], solver))
 
 
 def build_omega(variant: OmegaVariant, n_users: int, n_items: int, users: np.ndarray, items: np.ndarray,
-          seed: int, layers: int = 4) -> Omega:
-    """Ω of the variant on the training graph; spectral k is capped at min(n_users, n_items)."""
-    if variant.kind == "spectral":
-        return spectral_omega(n_users, n_items, users, items, k=min(variant.size, n_users, n_items),
-                              layers=layers, include_e0=variant.include_e0,
-                              solver="randomized" if variant.solver == "randomized" else "svds")
-    return random_omega(n_users, n_items, users, items, dim=variant.size, sigma=1.0, layers=layers,
-                        seed=seed, include_e0=variant.include_e0)
+                seed: int, layers: int = 4) -> Omega:
+    """Ω of the variant on the training graph (σ = 1); spectral k is capped at min(n_users, n_items)."""
+    size = min(variant.size, n_users, n_items) if variant.kind == "spectral" else variant.size
+    config = OmegaConfig(kind=variant.kind, dim=size, sigma=1.0, layers=layers,
+                         include_e0=variant.include_e0, seed=seed, solver=variant.solver)
+    return trainer.build_omega(config, n_users, n_items, users, items)

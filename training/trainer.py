@@ -125,7 +125,7 @@ def build_omega(config: OmegaConfig, n_users: int, n_items: int, users: np.ndarr
         return random_omega(n_users, n_items, users, items, dim=config.dim, sigma=config.sigma,
                             layers=config.layers, seed=config.seed, include_e0=config.include_e0)
     return spectral_omega(n_users, n_items, users, items, k=config.dim, layers=config.layers,
-                          include_e0=config.include_e0, sigma=config.sigma)
+                          include_e0=config.include_e0, sigma=config.sigma, solver=config.solver)
 
 
 def prepare(spec: RunSpec, preset: Preset) -> Prepared:
