@@ -24,6 +24,7 @@ from training.trainer import subset_users
 
 Scorer = Callable[[int, Sequence[int]], np.ndarray]  # (user, history) -> scores over all items
 LEARNED = ("als", "bpr", "lightgcn", "sasrec")  # minutes each: run only when named in `methods`
+VALID_USERS = 3000  # validation users used for tuning and early stopping (the first ones, file order)
 METHODS = ("popularity", "itemknn", "omega-spectral", "omega-random", "p5-leak", *LEARNED)
 
 
@@ -196,11 +197,15 @@ def run_baselines(
 def _tune_decay(harness: Harness, sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]],
                 task: str, seed: int, grid: Sequence[float] = (1.0, 0.8, 0.6, 0.4, 0.2)) -> float:
     """Recency decay with the best validation NDCG@10 (on up to 3,000 validation users)."""
-    users = list(range(min(len(sequences), 3000)))
-    valid = split_cases(sequences, negatives, "valid", users)
+    valid = tuning_cases(sequences, negatives)
     best, best_score = grid[0], -1.0
     for decay in grid:
         score = evaluate_scorer(itemknn_scorer(harness, decay), valid, task, seed)["ndcg@10"]
         if score > best_score:
             best, best_score = decay, score
     return best
+
+
+def tuning_cases(sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]]) -> EvalCase:
+    """The validation users every baseline is tuned on: the first VALID_USERS in file order."""
+    return split_cases(sequences, negatives, "valid", range(min(len(sequences), VALID_USERS)))

@@ -21,15 +21,14 @@ import scipy.sparse as sp
 
 from model_store.errors import DataError
 from model_store.omega import normalized_adjacency
-from training.baselines import Harness, Scorer, evaluate_scorer
-from training.evaluate import EvalCase, split_cases
+from training.baselines import VALID_USERS, Harness, Scorer, evaluate_scorer, tuning_cases
+from training.evaluate import EvalCase
 
 logger = logging.getLogger(__name__)
 
 LEARNED = ("als", "bpr", "lightgcn", "sasrec")
 TASKS = ("direct", "sequential")
 DEFAULT_MINUTES = 5.0  # time box of each neural baseline (training + validation checks)
-VALID_USERS = 3000  # validation users used for tuning and early stopping (the first ones, file order)
 INPUTS = {  # what each learned model scores from, recorded in its result JSON
     "als": "user vector refit by least squares from the given history (test: train + validation item)",
     "bpr": "user vector learned on train interactions (the history argument is not used)",
@@ -106,8 +105,7 @@ def fingerprint(sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence
 
 def valid_cases(sequences: Sequence[Sequence[int]],
                 negatives: Sequence[Sequence[int]]) -> dict[str, EvalCase]:
-    case = split_cases(sequences, negatives, "valid", range(min(len(sequences), VALID_USERS)))
-    return dict.fromkeys(TASKS, case)
+    return dict.fromkeys(TASKS, tuning_cases(sequences, negatives))
 
 
 def valid_ndcg(fn: BatchFn, case: EvalCase, task: str, seed: int) -> float:
