@@ -5,6 +5,9 @@
     python -m benchmarks.ablations rerank --bundle bundles/beauty-small-spectral --ns 0 5 10 15
     python -m benchmarks.ablations report      # rewrites the ablations block of docs/RESULTS.md
 
+A variant may also be `NAME=ablation-<...>.json:VARIANT`: its row is copied from an earlier ablation
+JSON (same preset, steps and seed) and keeps `reused_from`, so a sweep need not retrain its reference.
+
 `collect` reads each bundle's own metrics.json (test split, the bundle's test users); `rerank` runs ONE
 constrained beam per user (width max(beam, 10 + max N)) and applies the history-filtering rerank with
 each N to it, for the T5 alone and for the served (graph-ensembled) ranking. Each writes
@@ -64,13 +67,26 @@ def variant_row(name: str, bundle: Path) -> dict[str, Any]:
     return row
 
 
+def reused_row(name: str, spec: str) -> dict[str, Any]:
+    """A variant recorded in an earlier ablation JSON (`FILE:VARIANT`), marked with where it came from."""
+    file, sep, variant = spec.rpartition(":")
+    path = Path(file) if Path(file).exists() else RESULTS / file
+    if not sep or not path.exists():
+        raise SystemExit(f"reused variants are NAME=ABLATION_JSON:VARIANT, got {spec!r}")
+    for row in json.loads(path.read_text()).get("variants", []):
+        if row["variant"] == variant:
+            return {**row, "variant": name, "reused_from": f"{path.name}:{variant}"}
+    raise SystemExit(f"{path.name} has no variant {variant!r}")
+
+
 def collect(args: argparse.Namespace) -> None:
     rows = []
     for spec in args.variants:
-        name, sep, folder = spec.partition("=")
+        name, sep, source = spec.partition("=")
         if not sep:
-            raise SystemExit(f"variants are NAME=BUNDLE_DIR, got {spec!r}")
-        rows.append(variant_row(name, Path(folder)))
+            raise SystemExit(f"variants are NAME=BUNDLE_DIR or NAME=ABLATION_JSON:VARIANT, got {spec!r}")
+        is_bundle = Path(source).is_dir()
+        rows.append(variant_row(name, Path(source)) if is_bundle else reused_row(name, source))
     path = _write(args.sweep, args.dataset, {"device": _device(), "variants": rows})
     plot_variants(rows, path.with_suffix(".png"), args.sweep)
     for row in rows:
@@ -196,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect", help="test figures of bundles trained as variants of one setting")
     c.add_argument("--sweep", required=True)
     c.add_argument("--dataset", required=True)
-    c.add_argument("variants", nargs="+", metavar="NAME=BUNDLE_DIR")
+    c.add_argument("variants", nargs="+", metavar="NAME=BUNDLE_DIR|NAME=ABLATION_JSON:VARIANT",
+                   help="a trained bundle, or a variant recorded in an earlier ablation JSON (same "
+                        "settings and seed; the row keeps `reused_from`)")
     c.set_defaults(func=collect)
     r = sub.add_parser("rerank", help="the history-filtering rerank window N, from one beam per user")
     r.add_argument("--bundle", required=True)

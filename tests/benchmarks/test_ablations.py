@@ -52,3 +52,17 @@ def test_collect_and_report(tiny_bundle: Path, results: Path) -> None:
     assert "old" not in text and "### demo on synthetic" in text and text.endswith("tail\n")
     with pytest.raises(SystemExit):
         ablations.main(["collect", "--sweep", "x", "--dataset", "y", "no-equals-sign"])
+
+
+def test_collect_reuses_a_recorded_variant(tiny_bundle: Path, results: Path) -> None:
+    ablations.main(["collect", "--sweep", "first", "--dataset", "synthetic", f"ref={tiny_bundle}"])
+    (first,) = results.glob("ablation-first-synthetic-*.json")
+    ablations.main(["collect", "--sweep", "second", "--dataset", "synthetic",
+                    f"reference={first}:ref", f"new={tiny_bundle}"])
+    (second,) = results.glob("ablation-second-synthetic-*.json")
+    reused, fresh = json.loads(second.read_text())["variants"]
+    assert reused["variant"] == "reference" and reused["reused_from"] == f"{first.name}:ref"
+    assert reused["direct"] == fresh["direct"] and "reused_from" not in fresh
+    for bad in (f"x={first}:missing", "x=no-such-file.json:ref", "x=not-a-spec"):
+        with pytest.raises(SystemExit):
+            ablations.main(["collect", "--sweep", "third", "--dataset", "synthetic", bad])
