@@ -1,7 +1,7 @@
 """Quality results as JSON files in benchmarks/results/: baselines on a dataset, or a bundle's own metrics.
 
     python -m benchmarks.quality baselines --data data/beauty [--tasks direct sequential] [--limit-users N]
-    python -m benchmarks.quality bundle --bundle bundles/beauty-small
+    python -m benchmarks.quality bundle --bundle bundles/beauty-small [--variant "85 min"]
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def write_result(result: dict[str, Any], command: str) -> Path:
     name = "-".join(str(result[k]) for k in ("dataset", "task", "split", "method")).replace("/", "-")
     preset = result.get("preset")
     scheme = result.get("protocol", {}).get("id_scheme", "shuffled")
-    tag = ("-" + preset if preset else "") + ("" if scheme == "shuffled" else "-" + scheme)
+    variant = result.get("variant")
+    tag = (("-" + preset if preset else "") + ("-" + variant if variant else "")
+           + ("" if scheme == "shuffled" else "-" + scheme))
     path = RESULTS / f"quality-{name}{tag}-{device}-{_stamp()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
@@ -62,6 +64,8 @@ def bundle(args: argparse.Namespace) -> None:
         result["minutes"] = training.get("minutes")
         result["training"] = {k: v for k, v in training.items() if k != "curve"}
         result["bundle"] = str(args.bundle)
+        if args.variant:
+            result["variant"] = args.variant
         path = write_result(result, f"python -m training train ... --out {args.bundle} (metrics.json)")
         print(f"{result['method']:15s} {task:10s} HR@10 {result['hr@10']:.4f} "
               f"NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=baselines)
     u = sub.add_parser("bundle")
     u.add_argument("--bundle", required=True)
+    u.add_argument("--variant", default=None,
+                   help="label of this run beside its preset (e.g. `85 min`), kept in the JSON and the table")
     u.set_defaults(func=bundle)
     args = p.parse_args(argv)
     args.func(args)

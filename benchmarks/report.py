@@ -36,8 +36,11 @@ NOTES = {("sasrec", "direct"): " (direct: sees history incl. validation item)"}
 
 
 def _label(row: dict[str, Any]) -> str:
-    preset = f" ({row['preset']})" if row.get("preset") else ""
-    return f"{row['method']}{preset}{NOTES.get((row['method'], row['task']), '')}"
+    """Method, then (preset, variant, id numbering when not the protocol's default), then notes."""
+    scheme = row.get("protocol", {}).get("id_scheme")
+    parts = [row.get("preset"), row.get("variant"), "graph ids" if scheme == "graph" else None]
+    detail = ", ".join(str(p) for p in parts if p)
+    return f"{row['method']}{f' ({detail})' if detail else ''}{NOTES.get((row['method'], row['task']), '')}"
 
 
 def _order(label: str) -> tuple[int, str]:

@@ -58,6 +58,11 @@ class DatasetInfo(BaseModel):
     n_interactions: int
 
 
+# Item numberings that carry nothing beyond the training graph ("graph" is derived from it alone);
+# P5's consecutive numbers leak the next item.
+HONEST_ID_SCHEMES = ("shuffled", "graph")
+
+
 class Protocol(BaseModel):
     """How train/valid/test and the graph were made: every metric is reported with this."""
 
@@ -68,7 +73,7 @@ class Protocol(BaseModel):
 
     @property
     def label(self) -> str:
-        return "honest" if self.id_scheme == "shuffled" and self.graph == "train" else "reproduction"
+        return "honest" if self.id_scheme in HONEST_ID_SCHEMES and self.graph == "train" else "reproduction"
 
 
 class GraphPriorConfig(BaseModel):

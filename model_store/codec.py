@@ -12,7 +12,7 @@ from model_store.errors import BundleError, DataError
 
 __all__ = ["SCHEMES", "IdCodec", "UnknownIdError"]
 
-SCHEMES = ("shuffled", "p5")
+SCHEMES = ("shuffled", "p5", "graph")
 _FORMAT = "elmrec-id-codec"
 _VERSION = 1
 _ITEM_TOKEN = re.compile(r"item_([0-9]+)")
@@ -63,7 +63,9 @@ class IdCodec:
     ``users[u]`` / ``items[i]`` are the external ids of dense index u / i; ``user_numbers[u]`` /
     ``item_numbers[i]`` are the numbers written in prompts (``user_<n>``, ``item_<n>``).
     ``scheme`` is ``"shuffled"`` (items numbered by a seeded permutation of 1..n_items, so the
-    number leaks nothing about when an item was first seen) or ``"p5"`` (P5's own numbers).
+    number leaks nothing about when an item was first seen), ``"p5"`` (P5's own numbers) or
+    ``"graph"`` (numbers chosen from the TRAINING graph so that neighbours share id-token prefixes:
+    ``training.id_order``).
     """
 
     def __init__(
@@ -99,12 +101,14 @@ class IdCodec:
         seed: int = 0,
         p5_user_numbers: Sequence[int] | None = None,
         p5_item_numbers: Sequence[int] | None = None,
+        graph_item_numbers: Sequence[int] | np.ndarray | None = None,
     ) -> IdCodec:
         """Number users and items.
 
         ``"shuffled"``: items get ``numpy.random.default_rng(seed).permutation(n_items) + 1``;
         users keep P5's numbers when given, else 1..n_users in dense (file) order.
         ``"p5"``: P5's numbers for both, falling back to 1..n in dense order when there are none.
+        ``"graph"``: items get ``graph_item_numbers`` (required), users as for ``"shuffled"``.
         """
         n_users, n_items = len(user_ids), len(item_ids)
         user_numbers: Sequence[int] | np.ndarray = (
@@ -118,6 +122,10 @@ class IdCodec:
             item_numbers = (
                 p5_item_numbers if p5_item_numbers is not None else np.arange(1, n_items + 1, dtype=np.int64)
             )
+        elif scheme == "graph":
+            if graph_item_numbers is None:
+                raise ValueError("the graph id scheme needs graph_item_numbers (training.id_order)")
+            item_numbers = graph_item_numbers
         else:
             raise ValueError(f"unknown id scheme {scheme!r}; expected one of {SCHEMES}")
         used_seed = seed if scheme == "shuffled" else None

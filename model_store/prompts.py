@@ -38,10 +38,10 @@ class IdTokens:
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, user_numbers: Sequence[int], item_numbers: Sequence[int]
     ) -> None:
-        self.users = _tokenize(tokenizer, [f"user_{n}" for n in user_numbers])
+        self.users = tokenize_ids(tokenizer, [f"user_{n}" for n in user_numbers])
         # Users the bundle never saw share one id string, one past the largest known number.
-        self.cold_user = _tokenize(tokenizer, [f"user_{max(user_numbers, default=0) + 1}"])[0]
-        self.items = _tokenize(tokenizer, [f"item_{n}" for n in item_numbers])
+        self.cold_user = tokenize_ids(tokenizer, [f"user_{max(user_numbers, default=0) + 1}"])[0]
+        self.items = tokenize_ids(tokenizer, [f"item_{n}" for n in item_numbers])
         prefix = self.items[0][:2] if self.items else []
         if any(tokens[:2] != prefix or len(tokens) < 3 for tokens in self.items):
             raise ValueError("item ids do not share the `item_` token prefix; the tokenizer is not T5's")
@@ -55,7 +55,8 @@ class IdTokens:
         return sorted({t for target in self.targets for t in target})
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def tokenize_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens."""
     if not texts:
         return []
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -93,7 +93,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--limit-users", type=int, default=None, help="first N users in file order")
-    t.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
+    t.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "graph", "p5"],
+                   help="item numbers: shuffled (default), graph (neighbours in the TRAIN graph share "
+                        "id-token prefixes; beyond the paper), p5 (P5's leaky numbers: reproduction)")
     t.add_argument("--omega", default=None, choices=["random", "spectral"],
                    help="Ω kind (default: spectral for shuffled ids, random for the p5 reproduction)")
     t.add_argument("--max-minutes", type=float, default=None)

@@ -27,13 +27,13 @@ from model_store.bundle import (
     omega_matrix,
     save_bundle,
 )
-from model_store.codec import IdCodec
+from model_store.codec import SCHEMES, IdCodec
 from model_store.config import ModelConfig, OmegaConfig
 from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import DataError
 from model_store.model import ElmrecModel
 from model_store.omega import Omega, random_omega, spectral_omega
-from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer
+from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
 from training.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from training.data import InteractionData, load_data
 from training.evaluate import (
@@ -44,6 +44,7 @@ from training.evaluate import (
     split_cases,
     tune_graph_prior,
 )
+from training.id_order import graph_item_numbers
 from training.negatives import negatives_for
 from training.presets import PRESETS, Preset, apply_overrides, dataset_hyper
 from training.samples import Review, SampleSource
@@ -148,15 +149,19 @@ def prepare(spec: RunSpec, preset: Preset) -> Prepared:
         omega_config = omega_config.model_copy(
             update={"dim": min(omega_config.dim, data.n_users, data.n_items)})
     omega = build_omega(omega_config, data.n_users, data.n_items, users, items)
+    tokenizer = load_tokenizer()
+    graph_numbers = (graph_item_numbers(omega.items, lambda texts: tokenize_ids(tokenizer, texts))
+                     if spec.id_scheme == "graph" else None)
     codec = IdCodec.build(data.user_ids, data.item_ids, scheme=spec.id_scheme, seed=spec.seed,
-                          p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers)
+                          p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers,
+                          graph_item_numbers=graph_numbers)
     model_config = preset.model.model_copy(update={
         "omega_dim": omega_config.dim,
         "alpha_direct": hyper.alpha_direct if preset.alpha_direct is None else preset.alpha_direct,
         "alpha_sequential": (hyper.alpha_sequential if preset.alpha_sequential is None
                              else preset.alpha_sequential),
     })
-    id_tokens = IdTokens(load_tokenizer(), codec.user_numbers.tolist(), codec.item_numbers.tolist())
+    id_tokens = IdTokens(tokenizer, codec.user_numbers.tolist(), codec.item_numbers.tolist())
     builder = PromptBuilder(id_tokens, data.n_users, preset.max_history, model_config.max_whole_word)
     counts = np.bincount(items, minlength=data.n_items)
     popular = [int(i) for i in np.argsort(-counts, kind="stable")[:1000]]
@@ -238,8 +243,8 @@ def train(spec: RunSpec) -> Path:
     """Train and write a bundle; resumable from `spec.checkpoint_dir` with `spec.resume`."""
     if spec.preset not in PRESETS:
         raise DataError(f"unknown preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
-    if spec.id_scheme not in ("shuffled", "p5"):
-        raise DataError(f"--id-scheme must be shuffled or p5, got {spec.id_scheme!r}")
+    if spec.id_scheme not in SCHEMES:
+        raise DataError(f"--id-scheme must be one of {', '.join(SCHEMES)}, got {spec.id_scheme!r}")
     preset = apply_overrides(PRESETS[spec.preset], spec.overrides)
     if spec.epochs is not None:
         preset = preset.model_copy(update={"epochs": spec.epochs})

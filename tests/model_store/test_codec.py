@@ -107,6 +107,18 @@ def test_invalid_construction() -> None:
         IdCodec.build(USERS, ITEMS[:3], scheme="p5", p5_item_numbers=[1, 2])
     with pytest.raises(ValueError, match="unknown id scheme"):
         IdCodec.build(USERS, ITEMS, scheme="random")
+    with pytest.raises(ValueError, match="graph_item_numbers"):
+        IdCodec.build(USERS, ITEMS, scheme="graph")
+
+
+def test_graph_scheme_takes_the_given_numbers() -> None:
+    numbers = list(range(len(ITEMS), 0, -1))
+    codec = IdCodec.build(USERS, ITEMS, scheme="graph", graph_item_numbers=numbers)
+    assert codec.item_numbers.tolist() == numbers and codec.scheme == "graph" and codec.seed is None
+    again = IdCodec.from_json(json.loads(json.dumps(codec.to_json())))
+    assert again == codec and again.scheme == "graph"
+    with pytest.raises(DataError, match="used twice"):
+        IdCodec.build(USERS, ITEMS, scheme="graph", graph_item_numbers=[1] * len(ITEMS))
 
 
 @pytest.mark.parametrize("scheme", ["shuffled", "p5"])
