@@ -8,6 +8,7 @@ Layout (no pickle anywhere):
     dataset.npz          sequences and direct-task negatives (numpy, allow_pickle=False)
     tokenizer/           the t5 tokenizer files
     metrics.json         offline metrics with their protocol
+    item_graph.safetensors  item co-occurrence graph of the graph prior (optional: when its mix > 0)
     curve.png            training curve (optional)
     MANIFEST.sha256      sha256 of every other file, `sha256sum -c` format
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
@@ -37,12 +38,14 @@ from model_store.codec import IdCodec
 from model_store.config import ModelConfig, OmegaConfig
 from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import BundleError
+from model_store.item_graph import ItemGraph
 from model_store.model import ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
+ITEM_GRAPH = "item_graph.safetensors"
 REQUIRED = (
     "config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json",
 )
@@ -82,6 +85,9 @@ class GraphPriorConfig(BaseModel):
     direct_weight: float = 0.0
     sequential_weight: float = 0.0
     pool: int = 0
+    cooc_mix: float = Field(0.0, ge=0.0, le=1.0, description="sequential graph score: share of the item "
+                            "co-occurrence score beside the Ω score (needs item_graph.safetensors)")
+    cooc_decay: float = Field(1.0, gt=0.0, le=1.0, description="recency decay of the co-occurrence score")
 
 
 class BundleConfig(BaseModel):
@@ -123,6 +129,7 @@ class Bundle:
     omega: Omega
     data: BundleData
     metrics: dict[str, Any]
+    item_graph: ItemGraph | None = None
 
     def tokenizer_dir(self) -> Path:
         return self.path / "tokenizer"
@@ -147,7 +154,8 @@ class Bundle:
         builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
                                 self.config.model.max_whole_word)
         gp = self.config.graph_prior
-        prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool)
+        prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool, self.item_graph,
+                           gp.cooc_mix, gp.cooc_decay)
         return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
                                prior=prior, runner=runner)
 
@@ -214,6 +222,7 @@ def save_bundle(
     metrics: dict[str, Any],
     curve_png: Path | None = None,
     tokenizer_dir: Path = TOKENIZER_DIR,
+    item_graph: ItemGraph | None = None,
 ) -> Path:
     """Write a bundle atomically: into a temporary folder beside `path`, then renamed into place."""
     path = Path(path)
@@ -230,6 +239,8 @@ def save_bundle(
         np.savez_compressed(tmp / "dataset.npz", seq_items=seq_flat, seq_offsets=seq_off,
                             neg_items=neg_flat, neg_offsets=neg_off)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if item_graph is not None:
+            save_numpy(item_graph.to_tensors(), str(tmp / ITEM_GRAPH))
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         if curve_png is not None and curve_png.exists():
             shutil.copy(curve_png, tmp / "curve.png")
@@ -256,8 +267,10 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def verify_manifest(folder: Path) -> None:
-    """Raise BundleError unless every file listed matches its sha256 and every required file is listed."""
+def verify_manifest(folder: Path) -> set[str]:
+    """Raise BundleError unless every file listed matches its sha256 and every required file is listed.
+
+    Returns the listed file names."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise BundleError(f"{folder}: not a bundle ({MANIFEST} is missing)")
@@ -277,6 +290,7 @@ def verify_manifest(folder: Path) -> None:
     for name in REQUIRED:
         if name not in listed:
             raise BundleError(f"{folder}: required file {name} is not in the manifest")
+    return listed
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -284,7 +298,7 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: bundle folder not found")
-    verify_manifest(path)
+    listed = verify_manifest(path)
     try:
         raw = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
@@ -316,4 +330,11 @@ def load_bundle(path: str | Path) -> Bundle:
     if len(sequences) != codec.n_users:
         raise BundleError(f"{path}: dataset.npz holds {len(sequences)} users, expected {codec.n_users}")
     metrics = json.loads((path / "metrics.json").read_text())
-    return Bundle(path, config, codec, omega, BundleData(sequences, negatives), metrics)
+    item_graph = None
+    if (path / ITEM_GRAPH).is_file():
+        if ITEM_GRAPH not in listed:
+            raise BundleError(f"{path}: {ITEM_GRAPH} is not in the manifest")
+        item_graph = ItemGraph.from_tensors(load_numpy(str(path / ITEM_GRAPH)), codec.n_items)
+    if config.graph_prior.cooc_mix > 0 and item_graph is None:
+        raise BundleError(f"{path}: the graph prior mixes in item co-occurrence but {ITEM_GRAPH} is missing")
+    return Bundle(path, config, codec, omega, BundleData(sequences, negatives), metrics, item_graph)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model_store.fast_decoder import CrossCache, GroupedT5Decoder, SelfCache
+from model_store.item_graph import ItemGraph
 from model_store.model import PAD_ID, ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import EncoderBatch, IdTokens, PromptBuilder, pad_encoder
@@ -23,16 +24,21 @@ from model_store.trie import ItemTrie
 
 @dataclass
 class GraphPrior:
-    """Ensemble of the T5 score with the Ω graph score: an option beyond the paper, off when weights are 0.
+    """Ensemble of the T5 score with a graph score: an option beyond the paper, off when weights are 0.
 
     direct: + w · z(Ω_user · Ω_item) over the candidates; sequential: the beam's items and the `pool`
-    items with the best history score (Σ Ω_history) · Ω_item are rescored by exact likelihood + w · z.
+    items with the best history graph score are rescored by exact likelihood + w · z(graph score).
+    The sequential graph score is (Σ Ω_history) · Ω_item, or with an item co-occurrence graph and
+    `cooc_mix` = λ > 0: (1 - λ) · z(Ω score) + λ · z(Σ_t decay^age · sim(h_t, ·)) over all items.
     """
 
     omega: Omega
     direct_weight: float = 0.0
     sequential_weight: float = 0.0
     pool: int = 0
+    item_graph: ItemGraph | None = None
+    cooc_mix: float = 0.0
+    cooc_decay: float = 1.0
 
     @staticmethod
     def standardised(values: np.ndarray) -> np.ndarray:
@@ -40,14 +46,24 @@ class GraphPrior:
         std = values.std()
         return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
 
-    def sequential_pool(
-        self, history: Sequence[int], beam_items: Sequence[int]
-    ) -> tuple[list[int], np.ndarray]:
-        """Beam items + the top-`pool` items by history graph score, and their graph scores."""
+    def history_scores(self, history: Sequence[int]) -> np.ndarray:
+        """The sequential graph score of every item for this history."""
         profile = np.zeros(self.omega.items.shape[1], dtype=np.float32)
         if len(history):
             profile = self.omega.items[np.asarray(list(history), dtype=np.int64)].sum(axis=0)
         scores = self.omega.items @ profile
+        if self.item_graph is None or self.cooc_mix <= 0:
+            return scores
+        cooc = self.standardised(self.item_graph.history_scores(history, self.cooc_decay))
+        if self.cooc_mix >= 1:
+            return cooc
+        return (1 - self.cooc_mix) * self.standardised(scores) + self.cooc_mix * cooc
+
+    def sequential_pool(
+        self, history: Sequence[int], beam_items: Sequence[int]
+    ) -> tuple[list[int], np.ndarray]:
+        """Beam items + the top-`pool` items by history graph score, and their graph scores."""
+        scores = self.history_scores(history)
         items = list(dict.fromkeys(beam_items))
         if self.pool > 0:
             seen = set(items)

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from model_store.codec import IdCodec
 from model_store.errors import DataError
+from model_store.item_graph import ItemGraph, cosine_similarity, interaction_matrix
 from model_store.omega import Omega
 from training.data import load_data
 from training.evaluate import EvalCase, split_cases
@@ -35,20 +36,11 @@ class Harness:
         self.n_users, self.n_items = n_users, n_items
         self.users, self.items = users, items
         self.popularity = np.bincount(self.items, minlength=n_items).astype(np.float64)
-        matrix = sp.csr_matrix((np.ones(len(self.users)), (self.users, self.items)),
-                               shape=(n_users, n_items))
-        matrix.data[:] = 1.0
-        self.matrix = matrix
+        self.matrix = interaction_matrix(n_users, n_items, users, items)
 
     def item_similarity(self, shrink: float = 10.0) -> sp.csr_matrix:
         """Cosine item-item similarity with shrinkage, diagonal removed."""
-        co = (self.matrix.T @ self.matrix).tocsr().astype(np.float64)
-        norms = np.sqrt(np.asarray(self.matrix.sum(axis=0)).ravel())
-        co.setdiag(0.0)
-        co.eliminate_zeros()
-        coo = co.tocoo()
-        values = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
-        return sp.csr_matrix((values, (coo.row, coo.col)), shape=co.shape)
+        return cosine_similarity(self.matrix, shrink)
 
 
 def popularity_scorer(harness: Harness) -> Scorer:
@@ -58,16 +50,11 @@ def popularity_scorer(harness: Harness) -> Scorer:
 
 def itemknn_scorer(harness: Harness, decay: float, shrink: float = 10.0) -> Scorer:
     """Σ_t decay^(n-1-t) · sim(h_t, ·): similarity to the history, recent items weighing more."""
-    sim = harness.item_similarity(shrink)
+    graph = ItemGraph(harness.item_similarity(shrink))
     pop = harness.popularity / max(harness.popularity.max(), 1.0) * 1e-6  # tie-break by popularity
 
     def score(user: int, history: Sequence[int]) -> np.ndarray:
-        if not history:
-            return pop.copy()
-        weights = decay ** np.arange(len(history) - 1, -1, -1, dtype=np.float64)
-        row = sp.csr_matrix((weights, (np.zeros(len(history), dtype=np.int64), np.asarray(history))),
-                            shape=(1, harness.n_items))
-        return np.asarray((row @ sim).todense()).ravel() + pop
+        return graph.history_scores(history, decay) + pop
 
     return score
 
@@ -165,7 +152,7 @@ def run_baselines(
         if method == "popularity":
             scorer: Scorer = popularity_scorer(harness)
         elif method == "itemknn":
-            decay = _tune_decay(harness, data.sequences, negatives, task, seed)
+            decay = tune_decay(harness, data.sequences, negatives, task, seed)
             scorer = itemknn_scorer(harness, decay)
             extra["decay"] = decay
         elif method in LEARNED:
@@ -194,7 +181,7 @@ def run_baselines(
     return results
 
 
-def _tune_decay(harness: Harness, sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]],
+def tune_decay(harness: Harness, sequences: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]],
                 task: str, seed: int, grid: Sequence[float] = (1.0, 0.8, 0.6, 0.4, 0.2)) -> float:
     """Recency decay with the best validation NDCG@10 (on up to 3,000 validation users)."""
     valid = tuning_cases(sequences, negatives)

@@ -157,16 +157,21 @@ WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 def tune_graph_prior(
     engine: InferenceEngine, case: EvalCase, extra: int, beam: int, pool: int,
-    grid: Sequence[float] = WEIGHT_GRID,
+    grid: Sequence[float] = WEIGHT_GRID, mixes: Sequence[float] = (0.0,),
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Pick the T5 + graph-score weights with the best validation NDCG@10 (weight 0 = pure ELMRec).
 
-    T5 scores are computed once; each weight only re-sorts them. Returns the chosen settings and
-    the validation NDCG@10 of every weight tried.
+    T5 scores are computed once; each weight only re-sorts them. Sequential: for each co-occurrence
+    mix λ in `mixes` (the share of the item co-occurrence score in the graph score; needs the prior's
+    item graph) the pool changes, so the union of every mix's pool is scored once. Returns the chosen
+    settings and the validation NDCG@10 of every setting tried (sequential keys `w` when only λ = 0
+    is tried, else `λ=<mix>,w=<weight>`).
     """
     prior = engine.prior
     if prior is None:
         raise ValueError("the engine has no graph prior to tune")
+    if any(m > 0 for m in mixes) and prior.item_graph is None:
+        raise ValueError("a co-occurrence mix > 0 needs the prior's item graph")
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
                              pure=True)
     direct_report: dict[str, float] = {}
@@ -180,24 +185,37 @@ def tune_graph_prior(
     pure_ranks = [rank_in_list([s.item for s in filter_rerank(g, h, 10, extra, True)], t)
                   for g, h, t in zip(generated, case.histories, case.targets, strict=True)]
     seq_report: dict[str, float] = {"beam-only": summarize(pure_ranks)["ndcg@10"]}
-    saved_pool, prior.pool = prior.pool, pool
-    pools = [prior.sequential_pool(h, [s.item for s in g])
-             for h, g in zip(case.histories, generated, strict=True)]
-    prior.pool = saved_pool
-    exact = engine.score_items(case.users, case.histories, [p for p, _ in pools])
-    for w in grid:
-        ranks = []
-        for scores, (items, graph), h, t in zip(exact, pools, case.histories, case.targets, strict=True):
-            ranked = sorted((Scored(i, scores[i] + w * float(z))
-                             for i, z in zip(items, prior.standardised(graph), strict=True)),
-                            key=lambda s: (-s.score, s.item))
-            ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
-        seq_report[str(w)] = summarize(ranks)["ndcg@10"]
+    saved = prior.pool, prior.cooc_mix
+    pools: dict[float, list[tuple[list[int], np.ndarray]]] = {}
+    for mix in mixes:
+        prior.pool, prior.cooc_mix = pool, mix
+        pools[mix] = [prior.sequential_pool(h, [s.item for s in g])
+                      for h, g in zip(case.histories, generated, strict=True)]
+    prior.pool, prior.cooc_mix = saved
+    union = [list(dict.fromkeys(i for mix in mixes for i in pools[mix][u][0]))
+             for u in range(len(case.users))]
+    exact = engine.score_items(case.users, case.histories, union)
+    settings: dict[str, tuple[float, float]] = {}
+    for mix in mixes:
+        for w in grid:
+            key = str(w) if tuple(mixes) == (0.0,) else f"λ={mix},w={w}"
+            settings[key] = (mix, w)
+            ranks = []
+            for scores, (items, graph), h, t in zip(exact, pools[mix], case.histories, case.targets,
+                                                    strict=True):
+                ranked = sorted((Scored(i, scores[i] + w * float(z))
+                                 for i, z in zip(items, prior.standardised(graph), strict=True)),
+                                key=lambda s: (-s.score, s.item))
+                ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
+            seq_report[key] = summarize(ranks)["ndcg@10"]
     best_direct = max(grid, key=lambda w: direct_report[str(w)])
     best_seq = max(seq_report, key=lambda k: seq_report[k])
+    mix, weight = settings.get(best_seq, (0.0, 0.0))
+    on = best_seq != "beam-only"
     chosen = {
         "direct_weight": float(best_direct),
-        "sequential_weight": 0.0 if best_seq == "beam-only" else float(best_seq),
-        "pool": 0 if best_seq == "beam-only" else pool,
+        "sequential_weight": float(weight) if on else 0.0,
+        "pool": pool if on else 0,
+        "cooc_mix": float(mix) if on else 0.0,
     }
     return chosen, {"direct_valid_ndcg@10": direct_report, "sequential_valid_ndcg@10": seq_report}

@@ -68,6 +68,10 @@ class Preset(BaseModel):
         "(beyond the paper; weight 0 = pure ELMRec stays in the grid; both are reported)",
     )
     graph_pool: int = Field(50, ge=0, description="sequential: graph-retrieved items added to the beam's")
+    graph_cooc: bool = Field(
+        False, description="sequential: mix the TRAIN item co-occurrence score (ItemKNN's, same decay) into "
+        "the graph score, share λ tuned on validation with λ = 0 in the grid (beyond the paper)",
+    )
     listwise_weight: float = Field(
         0.0, ge=0.0, description="direct: + weight x cross-entropy of the positive among the prompt's "
         "candidates by sequence likelihood (the score evaluation ranks by); 0 = the paper's loss only",

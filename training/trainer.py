@@ -31,6 +31,7 @@ from model_store.codec import SCHEMES, IdCodec
 from model_store.config import ModelConfig, OmegaConfig
 from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import DataError
+from model_store.item_graph import ItemGraph
 from model_store.model import ElmrecModel
 from model_store.omega import Omega, random_omega, spectral_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
@@ -362,10 +363,26 @@ def train(spec: RunSpec) -> Path:
     return finish(spec, preset, prepared, best, state, device, started, len(reviews))
 
 
+COOC_MIXES = (0.0, 0.5, 0.8, 1.0)  # shares of the co-occurrence score tried in the sequential graph score
+
+
+def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, float]:
+    """The TRAIN item co-occurrence graph and its recency decay, chosen on validation exactly as the
+    ItemKNN baseline chooses its own (same similarity, same validation users)."""
+    from training.baselines import Harness, tune_decay  # baselines imports this module
+
+    users, items = train_edges(prepared.split)
+    harness = Harness(prepared.data.n_users, prepared.data.n_items, users, items)
+    decay = tune_decay(harness, prepared.data.sequences, prepared.negatives, "sequential", seed)
+    return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decay
+
+
 def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
            device: torch.device, started: float, explanation_examples: int = 0) -> Path:
     """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
-    prior = GraphPrior(prepared.omega)
+    item_graph, decay = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
+                         else (None, 1.0))
+    prior = GraphPrior(prepared.omega, item_graph=item_graph, cooc_decay=decay)
     engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed, prior=prior)
     prior_config = GraphPriorConfig()
     prior_report: dict[str, Any] = {}
@@ -373,11 +390,15 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
         valid = split_cases(prepared.data.sequences, prepared.negatives, "valid", valid_users)
         chosen, prior_report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam,
-                                                preset.graph_pool)
-        prior_config = GraphPriorConfig(**chosen)
-        prior.direct_weight, prior.sequential_weight, prior.pool = (
-            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool)
-        logger.info("graph prior chosen on validation: %s", chosen)
+                                                preset.graph_pool,
+                                                mixes=COOC_MIXES if item_graph is not None else (0.0,))
+        prior_config = GraphPriorConfig(**chosen, cooc_decay=decay)
+        prior.direct_weight, prior.sequential_weight, prior.pool, prior.cooc_mix = (
+            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool,
+            prior_config.cooc_mix)
+        logger.info("graph prior chosen on validation: %s", prior_config.model_dump())
+    if not prior_config.cooc_mix:
+        item_graph = None  # not used by the served ranking: not written to the bundle
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
     protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
@@ -427,7 +448,7 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
     curve = _plot_curve(state["curve"], spec.checkpoint_dir / "curve.png")
     bundle_data = BundleData(data.sequences, prepared.negatives)
     return save_bundle(spec.out, config, best.cpu(), prepared.omega, prepared.codec, bundle_data, metrics,
-                       curve)
+                       curve, item_graph=item_graph)
 
 
 def device_name(device: torch.device) -> str:

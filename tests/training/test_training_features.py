@@ -133,3 +133,25 @@ def test_cli_set_flags_are_checked_first(tmp_path: Path, capsys: pytest.CaptureF
                      "--set", flag]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_cooccurrence_mix_is_tuned_on_validation_and_served_as_evaluated(tiny_data: Path,
+                                                                         tmp_path: Path) -> None:
+    from model_store.bundle import ITEM_GRAPH
+    from training.evaluate import evaluate_bundle
+
+    out = train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "cooc", device="cpu", epochs=1,
+                        overrides={"graph_prior": True, "graph_pool": 10, "graph_cooc": True}))
+    bundle = load_bundle(out)
+    chosen = bundle.config.graph_prior
+    report = bundle.metrics["graph_prior"]["validation"]["sequential_valid_ndcg@10"]
+    assert {key.split(",")[0] for key in report if key != "beam-only"} == {"λ=0.0", "λ=0.5", "λ=0.8", "λ=1.0"}
+    best = max(report.values())
+    if chosen.sequential_weight or chosen.pool:
+        assert report[f"λ={chosen.cooc_mix},w={chosen.sequential_weight}"] == best
+    else:
+        assert report["beam-only"] == best
+    assert (out / ITEM_GRAPH).exists() == (chosen.cooc_mix > 0) == (bundle.item_graph is not None)
+    served = evaluate_bundle(bundle, "sequential", "test", None, device="cpu")
+    assert served["ndcg@10"] == pytest.approx(bundle.metrics["sequential"]["ndcg@10"])
+    assert served["hr@10"] == pytest.approx(bundle.metrics["sequential"]["hr@10"])
