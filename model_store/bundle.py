@@ -88,6 +88,9 @@ class GraphPriorConfig(BaseModel):
     cooc_mix: float = Field(0.0, ge=0.0, le=1.0, description="sequential graph score: share of the item "
                             "co-occurrence score beside the Ω score (needs item_graph.safetensors)")
     cooc_decay: float = Field(1.0, gt=0.0, le=1.0, description="recency decay of the co-occurrence score")
+    direct_cooc_mix: float = Field(0.0, ge=0.0, le=1.0, description="direct graph score: share of the item "
+                                   "co-occurrence score of the history (needs item_graph.safetensors)")
+    direct_cooc_decay: float = Field(1.0, gt=0.0, le=1.0, description="its recency decay")
 
 
 class BundleConfig(BaseModel):
@@ -155,7 +158,7 @@ class Bundle:
                                 self.config.model.max_whole_word)
         gp = self.config.graph_prior
         prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool, self.item_graph,
-                           gp.cooc_mix, gp.cooc_decay)
+                           gp.cooc_mix, gp.cooc_decay, gp.direct_cooc_mix, gp.direct_cooc_decay)
         return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
                                prior=prior, runner=runner)
 
@@ -335,6 +338,6 @@ def load_bundle(path: str | Path) -> Bundle:
         if ITEM_GRAPH not in listed:
             raise BundleError(f"{path}: {ITEM_GRAPH} is not in the manifest")
         item_graph = ItemGraph.from_tensors(load_numpy(str(path / ITEM_GRAPH)), codec.n_items)
-    if config.graph_prior.cooc_mix > 0 and item_graph is None:
+    if max(config.graph_prior.cooc_mix, config.graph_prior.direct_cooc_mix) > 0 and item_graph is None:
         raise BundleError(f"{path}: the graph prior mixes in item co-occurrence but {ITEM_GRAPH} is missing")
     return Bundle(path, config, codec, omega, BundleData(sequences, negatives), metrics, item_graph)

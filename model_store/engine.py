@@ -26,10 +26,12 @@ from model_store.trie import ItemTrie
 class GraphPrior:
     """Ensemble of the T5 score with a graph score: an option beyond the paper, off when weights are 0.
 
-    direct: + w · z(Ω_user · Ω_item) over the candidates; sequential: the beam's items and the `pool`
-    items with the best history graph score are rescored by exact likelihood + w · z(graph score).
-    The sequential graph score is (Σ Ω_history) · Ω_item, or with an item co-occurrence graph and
-    `cooc_mix` = λ > 0: (1 - λ) · z(Ω score) + λ · z(Σ_t decay^age · sim(h_t, ·)) over all items.
+    direct: + w · z(graph score) over the candidates, the graph score being Ω_user · Ω_item, or with an
+    item co-occurrence graph and `direct_cooc_mix` = μ > 0: (1 - μ) · z(Ω score) + μ · z(Σ_t decay^age ·
+    sim(h_t, candidate)) over the history. Sequential: the beam's items and the `pool` items with the best
+    history graph score are rescored by exact likelihood + w · z(graph score); that graph score is
+    (Σ Ω_history) · Ω_item, or with `cooc_mix` = λ > 0: (1 - λ) · z(Ω score) + λ · z(co-occurrence score)
+    over all items.
     """
 
     omega: Omega
@@ -39,6 +41,20 @@ class GraphPrior:
     item_graph: ItemGraph | None = None
     cooc_mix: float = 0.0
     cooc_decay: float = 1.0
+    direct_cooc_mix: float = 0.0
+    direct_cooc_decay: float = 1.0
+
+    def direct_scores(
+        self, items: Sequence[int], row: np.ndarray, history: Sequence[int] | None, mix: float | None = None
+    ) -> np.ndarray:
+        """Standardised direct graph score of the candidates (`mix` None = the prior's own μ)."""
+        omega = self.standardised(self.omega.items[np.asarray(items, dtype=np.int64)] @ row)
+        mu = self.direct_cooc_mix if mix is None else mix
+        if self.item_graph is None or mu <= 0 or not history:
+            return omega
+        cooc = self.standardised(self.item_graph.history_scores(history, self.direct_cooc_decay)[
+            np.asarray(items, dtype=np.int64)])
+        return (1 - mu) * omega + mu * cooc
 
     @staticmethod
     def standardised(values: np.ndarray) -> np.ndarray:
@@ -170,12 +186,14 @@ class InferenceEngine:
         candidates: Sequence[Sequence[int]],
         user_rows: Sequence[np.ndarray | None] | None = None,
         pure: bool = False,
+        histories: Sequence[Sequence[int] | None] | None = None,
     ) -> list[dict[int, float]]:
         """Ranking score of every candidate of every user: {item: score}, higher is better.
 
         The score is the exact log-likelihood log p(item | prompt); with a graph prior of weight w > 0
-        (and not `pure`) it is log p + w · z(Ω_user · Ω_item), z standardised over the user's candidates.
-        A user given as None is a cold-start user; its folded-in Ω row comes from `user_rows`.
+        (and not `pure`) it is log p + w · z(graph score), z standardised over the user's candidates
+        (`GraphPrior`; its co-occurrence part reads `histories`). A user given as None is a cold-start
+        user; its folded-in Ω row comes from `user_rows`.
         """
         rows_in = list(user_rows) if user_rows is not None else [None] * len(users)
         # a cold user is keyed n_users (no known user has it): numpy seeds must be non-negative
@@ -192,20 +210,22 @@ class InferenceEngine:
         out = self._likelihoods("direct", prompts, orders, extra)
         if pure:
             return out
-        return [self.with_graph(u, s, None, r) for u, s, r in zip(users, out, rows_in, strict=True)]
+        hists = list(histories) if histories is not None else [None] * len(users)
+        return [self.with_graph(u, s, None, r, h)
+                for u, s, r, h in zip(users, out, rows_in, hists, strict=True)]
 
     def with_graph(
         self, user: int | None, t5_scores: dict[int, float], weight: float | None = None,
-        user_row: np.ndarray | None = None,
+        user_row: np.ndarray | None = None, history: Sequence[int] | None = None, mix: float | None = None,
     ) -> dict[int, float]:
-        """Direct ranking scores: log p + w · z(Ω_user · Ω_item) (w None = the prior's own weight)."""
+        """Direct ranking scores: log p + w · z(graph score) (w, mix None = the prior's own)."""
         prior = self.prior
         w = (prior.direct_weight if prior is not None else 0.0) if weight is None else weight
         if not w or prior is None:
             return dict(t5_scores)
         items = list(t5_scores)
         row = prior.omega.users[user] if user is not None else np.asarray(user_row, dtype=np.float32)
-        z = prior.standardised(prior.omega.items[items] @ row)
+        z = prior.direct_scores(items, row, history, mix)
         return {item: t5_scores[item] + w * float(b) for item, b in zip(items, z, strict=True)}
 
     def score_items(
@@ -256,10 +276,11 @@ class InferenceEngine:
         ]
 
     def rank_direct(
-        self, user: int | None, candidates: Sequence[int], k: int, user_row: np.ndarray | None = None
+        self, user: int | None, candidates: Sequence[int], k: int, user_row: np.ndarray | None = None,
+        history: Sequence[int] | None = None,
     ) -> list[Scored]:
-        """Top-k candidates by likelihood (ties: lower dense index first, deterministic)."""
-        scores = self.score_direct([user], [candidates], [user_row])[0]
+        """Top-k candidates by ranking score (ties: lower dense index first, deterministic)."""
+        scores = self.score_direct([user], [candidates], [user_row], histories=[history])[0]
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         return [Scored(i, s) for i, s in ranked[:k]]
 

@@ -35,12 +35,15 @@ MIN_BEAM = 20  # the paper's beam; the served beam is max(20, bundle beam, k + N
 
 @dataclass(frozen=True)
 class DirectJob:
-    """Rank `candidates` (dense ids) for `user` (None = cold start with its folded-in Ω row)."""
+    """Rank `candidates` (dense ids) for `user` (None = cold start with its folded-in Ω row).
+
+    `history` is read only by a graph prior that mixes in item co-occurrence (else None)."""
 
     user: int | None
     candidates: tuple[int, ...]
     k: int
     user_row: np.ndarray | None = None
+    history: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ def run_direct_batch(engine: InferenceEngine, jobs: Sequence[DirectJob]) -> list
     """All candidates of all jobs scored in one `score_direct` call (the evaluator's call)."""
     live = [j for j in jobs if j.candidates]
     scores = iter(engine.score_direct([j.user for j in live], [list(j.candidates) for j in live],
-                                      [j.user_row for j in live])) if live else iter(())
+                                      [j.user_row for j in live], histories=[j.history for j in live])
+                  ) if live else iter(())
     return [top_k(next(scores), j.k) if j.candidates else [] for j in jobs]
 
 
@@ -172,10 +176,16 @@ class Recommender:
                                       f"(ELMREC_MAX_CANDIDATES), got {len(request.candidates)}")
             candidates = self.item_indices("candidates", request.candidates)
         user = self.codec.find_user(request.user_id)
-        if user is not None and candidates is not None:  # the evaluator's case: no history needed
+        gp = self.bundle.config.graph_prior
+        reads_history = gp.direct_weight > 0 and gp.direct_cooc_mix > 0
+        if user is not None and candidates is not None and not reads_history:  # no history needed
             job = DirectJob(user, tuple(candidates), request.k)
             return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
         history = await self.history_indices(request.user_id)
+        known = tuple(history) if reads_history else None
+        if user is not None and candidates is not None:
+            job = DirectJob(user, tuple(candidates), request.k, history=known)
+            return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
         fallback: Fallback | None = None
         if user is not None:
             row = self.bundle.omega.users[user]
@@ -188,7 +198,7 @@ class Recommender:
             return self._answer(request.user_id, self.by_popularity(pool, request.k), "popularity")
         if candidates is None:
             candidates = retrieve(self.bundle.omega, row, self.max_candidates, exclude=history)
-        job = DirectJob(user, tuple(candidates), request.k, None if user is not None else row)
+        job = DirectJob(user, tuple(candidates), request.k, None if user is not None else row, known)
         return self._answer(request.user_id, await self.direct_batcher.submit(job), fallback)
 
     async def recommend_sequential(self, request: SequentialRequest) -> RecommendResponse:

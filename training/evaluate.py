@@ -60,11 +60,13 @@ def evaluate_direct(
         users = [case.users[i] for i in chunk]
         cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
         t5 = engine.score_direct(users, cands, pure=True)
-        scores = [engine.with_graph(u, s, 0.0 if pure else None) for u, s in zip(users, t5, strict=True)]
+        hists = [case.histories[i] for i in chunk]
+        scores = [engine.with_graph(u, s, 0.0 if pure else None, history=h)
+                  for u, s, h in zip(users, t5, hists, strict=True)]
         ranks.extend(rank_with_ties_against(s, case.targets[i]) for s, i in zip(scores, chunk, strict=True))
         for w in weights:
-            extra[w].extend(rank_with_ties_against(engine.with_graph(u, s, w), case.targets[i])
-                            for u, s, i in zip(users, t5, chunk, strict=True))
+            extra[w].extend(rank_with_ties_against(engine.with_graph(u, s, w, history=h), case.targets[i])
+                            for u, s, h, i in zip(users, t5, hists, chunk, strict=True))
     out: dict[str, Any] = summarize(ranks)
     if weights:
         out["by_weight"] = {str(w): summarize(r) for w, r in extra.items()}
@@ -161,11 +163,11 @@ def tune_graph_prior(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Pick the T5 + graph-score weights with the best validation NDCG@10 (weight 0 = pure ELMRec).
 
-    T5 scores are computed once; each weight only re-sorts them. Sequential: for each co-occurrence
-    mix λ in `mixes` (the share of the item co-occurrence score in the graph score; needs the prior's
-    item graph) the pool changes, so the union of every mix's pool is scored once. Returns the chosen
-    settings and the validation NDCG@10 of every setting tried (sequential keys `w` when only λ = 0
-    is tried, else `λ=<mix>,w=<weight>`).
+    T5 scores are computed once; each weight only re-sorts them. `mixes` are the shares of the item
+    co-occurrence score in the graph score tried (needs the prior's item graph), for direct (μ) and
+    sequential (λ); a sequential mix changes the pool, so the union of every mix's pool is scored once.
+    Returns the chosen settings and the validation NDCG@10 of every setting tried (keys `w` when only
+    mix 0 is tried, else `μ=<mix>,w=<weight>` / `λ=<mix>,w=<weight>`).
     """
     prior = engine.prior
     if prior is None:
@@ -174,12 +176,18 @@ def tune_graph_prior(
         raise ValueError("a co-occurrence mix > 0 needs the prior's item graph")
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
                              pure=True)
+    only_omega = tuple(mixes) == (0.0,)
     direct_report: dict[str, float] = {}
-    for w in grid:
-        ranks: list[int | None] = []
-        for scores, user, target in zip(t5, case.users, case.targets, strict=True):
-            ranks.append(rank_with_ties_against(engine.with_graph(user, scores, w), target))
-        direct_report[str(w)] = summarize(ranks)["ndcg@10"]
+    direct_settings: dict[str, tuple[float, float]] = {}
+    for mix in mixes:
+        for w in grid:
+            key = str(w) if only_omega else f"μ={mix},w={w}"
+            direct_settings[key] = (mix, w)
+            ranks: list[int | None] = []
+            for scores, user, h, target in zip(t5, case.users, case.histories, case.targets, strict=True):
+                ranks.append(rank_with_ties_against(engine.with_graph(user, scores, w, history=h, mix=mix),
+                                                    target))
+            direct_report[key] = summarize(ranks)["ndcg@10"]
     width = max(beam, 10 + extra)
     generated = engine.beam_sequential(case.users, case.histories, width, pure=True)
     pure_ranks = [rank_in_list([s.item for s in filter_rerank(g, h, 10, extra, True)], t)
@@ -198,7 +206,7 @@ def tune_graph_prior(
     settings: dict[str, tuple[float, float]] = {}
     for mix in mixes:
         for w in grid:
-            key = str(w) if tuple(mixes) == (0.0,) else f"λ={mix},w={w}"
+            key = str(w) if only_omega else f"λ={mix},w={w}"
             settings[key] = (mix, w)
             ranks = []
             for scores, (items, graph), h, t in zip(exact, pools[mix], case.histories, case.targets,
@@ -208,12 +216,13 @@ def tune_graph_prior(
                                 key=lambda s: (-s.score, s.item))
                 ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
             seq_report[key] = summarize(ranks)["ndcg@10"]
-    best_direct = max(grid, key=lambda w: direct_report[str(w)])
+    direct_mix, direct_weight = direct_settings[max(direct_report, key=lambda k: direct_report[k])]
     best_seq = max(seq_report, key=lambda k: seq_report[k])
     mix, weight = settings.get(best_seq, (0.0, 0.0))
     on = best_seq != "beam-only"
     chosen = {
-        "direct_weight": float(best_direct),
+        "direct_weight": float(direct_weight),
+        "direct_cooc_mix": float(direct_mix) if direct_weight else 0.0,
         "sequential_weight": float(weight) if on else 0.0,
         "pool": pool if on else 0,
         "cooc_mix": float(mix) if on else 0.0,

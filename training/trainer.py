@@ -366,23 +366,25 @@ def train(spec: RunSpec) -> Path:
 COOC_MIXES = (0.0, 0.5, 0.8, 1.0)  # shares of the co-occurrence score tried in the sequential graph score
 
 
-def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, float]:
-    """The TRAIN item co-occurrence graph and its recency decay, chosen on validation exactly as the
-    ItemKNN baseline chooses its own (same similarity, same validation users)."""
+def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, dict[str, float]]:
+    """The TRAIN item co-occurrence graph and its recency decay per task, chosen on validation exactly
+    as the ItemKNN baseline chooses its own (same similarity, same validation users)."""
     from training.baselines import Harness, tune_decay  # baselines imports this module
 
     users, items = train_edges(prepared.split)
     harness = Harness(prepared.data.n_users, prepared.data.n_items, users, items)
-    decay = tune_decay(harness, prepared.data.sequences, prepared.negatives, "sequential", seed)
-    return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decay
+    decays = {task: tune_decay(harness, prepared.data.sequences, prepared.negatives, task, seed)
+              for task in ("direct", "sequential")}
+    return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decays
 
 
 def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
            device: torch.device, started: float, explanation_examples: int = 0) -> Path:
     """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
-    item_graph, decay = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
-                         else (None, 1.0))
-    prior = GraphPrior(prepared.omega, item_graph=item_graph, cooc_decay=decay)
+    item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
+                          else (None, {"direct": 1.0, "sequential": 1.0}))
+    prior = GraphPrior(prepared.omega, item_graph=item_graph, cooc_decay=decays["sequential"],
+                       direct_cooc_decay=decays["direct"])
     engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed, prior=prior)
     prior_config = GraphPriorConfig()
     prior_report: dict[str, Any] = {}
@@ -392,12 +394,13 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         chosen, prior_report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam,
                                                 preset.graph_pool,
                                                 mixes=COOC_MIXES if item_graph is not None else (0.0,))
-        prior_config = GraphPriorConfig(**chosen, cooc_decay=decay)
-        prior.direct_weight, prior.sequential_weight, prior.pool, prior.cooc_mix = (
-            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool,
-            prior_config.cooc_mix)
+        prior_config = GraphPriorConfig(**chosen, cooc_decay=decays["sequential"],
+                                        direct_cooc_decay=decays["direct"])
+        prior.direct_weight, prior.sequential_weight, prior.pool = (
+            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool)
+        prior.cooc_mix, prior.direct_cooc_mix = prior_config.cooc_mix, prior_config.direct_cooc_mix
         logger.info("graph prior chosen on validation: %s", prior_config.model_dump())
-    if not prior_config.cooc_mix:
+    if not max(prior_config.cooc_mix, prior_config.direct_cooc_mix):
         item_graph = None  # not used by the served ranking: not written to the bundle
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)

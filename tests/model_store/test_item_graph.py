@@ -79,6 +79,21 @@ def test_prior_mix_moves_from_omega_to_cooccurrence(tiny_bundle: Path) -> None:
     assert half == pytest.approx(expected)
 
 
+def test_direct_mix_uses_the_history_cooccurrence_of_the_candidates(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    n = bundle.codec.n_items
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(40), 4)
+    graph = ItemGraph.build(40, n, users, rng.integers(0, n, size=len(users)))
+    row, cands, history = bundle.omega.users[0], list(range(10)), [3, 7, 11]
+    prior = GraphPrior(bundle.omega, item_graph=graph, direct_cooc_mix=0.5, direct_cooc_decay=0.6)
+    omega = GraphPrior.standardised(bundle.omega.items[cands] @ row)
+    cooc = GraphPrior.standardised(graph.history_scores(history, 0.6)[cands])
+    assert prior.direct_scores(cands, row, history) == pytest.approx(0.5 * omega + 0.5 * cooc)
+    assert prior.direct_scores(cands, row, None) == pytest.approx(omega)  # no history: Ω alone
+    assert prior.direct_scores(cands, row, history, mix=0.0) == pytest.approx(omega)
+
+
 def _with_config(folder: Path, **prior: float) -> None:
     raw = json.loads((folder / "config.json").read_text())
     raw["graph_prior"].update(prior)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testkit import MakeSettings
+from safetensors.numpy import save_file
+from service_testkit import MakeSettings, make_settings
 
-from model_store.bundle import Bundle
+from model_store.bundle import ITEM_GRAPH, Bundle, load_bundle, write_manifest
+from model_store.item_graph import ItemGraph
 from service.app import create_app
 from training.evaluate import split_cases
 
@@ -118,3 +124,32 @@ def test_batched_equals_unbatched(settings_for: MakeSettings, bundle: Bundle) ->
         assert many["fallback"] == one["fallback"]
         assert [e["score"] for e in many["items"]] == pytest.approx([e["score"] for e in one["items"]],
                                                                      abs=1e-4)
+
+
+def test_direct_with_cooccurrence_reads_the_served_history(bundle: Bundle, tmp_path: Path) -> None:
+    """A prior mixing item co-occurrence into the direct score: served = engine given the user's history."""
+    folder = tmp_path / "cooc"
+    shutil.copytree(bundle.path, folder)
+    users_e = np.repeat(np.arange(len(bundle.data.sequences)), [len(s) for s in bundle.data.sequences])
+    items_e = np.concatenate([np.asarray(s) for s in bundle.data.sequences])
+    graph = ItemGraph.build(len(bundle.data.sequences), bundle.codec.n_items, users_e, items_e)
+    save_file(graph.to_tensors(), str(folder / ITEM_GRAPH))
+    raw = json.loads((folder / "config.json").read_text())
+    raw["graph_prior"].update(direct_weight=2.0, direct_cooc_mix=0.5, direct_cooc_decay=0.6)
+    (folder / "config.json").write_text(json.dumps(raw))
+    write_manifest(folder)
+    cooc = load_bundle(folder)
+    engine = cooc.engine("cpu")
+    items = cooc.codec.items
+    with TestClient(create_app(make_settings(folder))) as client:
+        for user in range(6):
+            cands = list(range(12))
+            history = cooc.data.sequences[user]
+            scores = engine.score_direct([user], [cands], histories=[history])[0]
+            without = engine.score_direct([user], [cands])[0]
+            assert scores != without  # the history changes the ranking scores
+            body = client.post(DIRECT, json={"user_id": cooc.codec.users[user],
+                                             "candidates": [items[i] for i in cands], "k": 12}).json()
+            expected = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            assert _ids(body) == [items[i] for i, _ in expected]
+            assert [e["score"] for e in body["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)

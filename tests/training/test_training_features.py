@@ -151,7 +151,14 @@ def test_cooccurrence_mix_is_tuned_on_validation_and_served_as_evaluated(tiny_da
         assert report[f"λ={chosen.cooc_mix},w={chosen.sequential_weight}"] == best
     else:
         assert report["beam-only"] == best
-    assert (out / ITEM_GRAPH).exists() == (chosen.cooc_mix > 0) == (bundle.item_graph is not None)
+    direct = bundle.metrics["graph_prior"]["validation"]["direct_valid_ndcg@10"]
+    assert {key.split(",")[0] for key in direct} == {"μ=0.0", "μ=0.5", "μ=0.8", "μ=1.0"}
+    if chosen.direct_weight:
+        assert direct[f"μ={chosen.direct_cooc_mix},w={chosen.direct_weight}"] == max(direct.values())
+    uses_graph = max(chosen.cooc_mix, chosen.direct_cooc_mix) > 0
+    assert (out / ITEM_GRAPH).exists() == uses_graph == (bundle.item_graph is not None)
     served = evaluate_bundle(bundle, "sequential", "test", None, device="cpu")
     assert served["ndcg@10"] == pytest.approx(bundle.metrics["sequential"]["ndcg@10"])
     assert served["hr@10"] == pytest.approx(bundle.metrics["sequential"]["hr@10"])
+    served_direct = evaluate_bundle(bundle, "direct", "test", None, device="cpu")
+    assert served_direct["ndcg@10"] == pytest.approx(bundle.metrics["direct"]["ndcg@10"])
