@@ -122,6 +122,7 @@ PRESETS: dict[str, Preset] = {
         test_users=2000,
         max_minutes=6.5,
         graph_prior=True,
+        graph_cooc=True,
     ),
     "paper": Preset(
         name="paper",
@@ -138,6 +139,7 @@ PRESETS: dict[str, Preset] = {
         eval_users=2000,
         patience=5,
         graph_prior=True,
+        graph_cooc=True,
     ),
 }
 
