@@ -46,8 +46,10 @@ def baselines(args: argparse.Namespace) -> None:
     for task in args.tasks:
         for result in run_baselines(Path(args.data), task, split=args.split, id_scheme=args.id_scheme,
                                     limit_users=args.limit_users, seed=args.seed, methods=args.methods,
-                                    max_minutes=args.max_minutes):
+                                    max_minutes=args.max_minutes, test_users=args.test_users):
             result["minutes"] = round(result.pop("seconds") / 60, 2)
+            if args.test_users:
+                result["variant"] = f"sample of {result['users']} users"
             path = write_result(result, " ".join(["python -m benchmarks.quality", *sys.argv[1:]]))
             print(f"{result['method']:15s} {task:10s} HR@10 {result['hr@10']:.4f} "
                   f"NDCG@10 {result['ndcg@10']:.4f} -> {path.name}")
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--split", default="test", choices=["valid", "test"])
     b.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
     b.add_argument("--limit-users", type=int, default=None)
+    b.add_argument("--test-users", type=int, default=None,
+                   help="evaluate on the fixed random sample of N users a bundle with test_users=N uses")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--methods", nargs="*", default=None)
     b.add_argument("--max-minutes", type=float, default=None, help="time box of each neural baseline")

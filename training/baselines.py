@@ -16,7 +16,7 @@ from model_store.errors import DataError
 from model_store.item_graph import ItemGraph, cosine_similarity, interaction_matrix
 from model_store.omega import Omega
 from training.data import load_data
-from training.evaluate import EvalCase, split_cases
+from training.evaluate import EvalCase, sample_users, split_cases
 from training.metrics import rank_in_list, summarize
 from training.negatives import negatives_for
 from training.omega_variants import SYNTAX, build_omega, parse_omega
@@ -124,12 +124,14 @@ def evaluate_scorer(score: Scorer, case: EvalCase, task: str, seed: int) -> dict
 def run_baselines(
     data_path: Path, task: str, split: str = "test", id_scheme: str = "shuffled",
     limit_users: int | None = None, seed: int = 0, methods: Sequence[str] | None = None,
-    max_minutes: float | None = None,
+    max_minutes: float | None = None, test_users: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every baseline on one dataset/task/split; ItemKNN's recency decay is chosen on validation.
 
     The learned ones (als, bpr, lightgcn, sasrec: `training.baselines_mf`) are fit on train
     interactions, tuned on validation users; the neural ones are time-boxed at `max_minutes` each.
+    `test_users`: evaluate on the fixed random sample of users that a bundle trained with that many
+    test users is evaluated on (`sample_users`, same seed).
     """
     chosen = list(methods or [m for m in METHODS
                               if (m != "p5-leak" or id_scheme == "p5") and m not in LEARNED])
@@ -142,7 +144,8 @@ def run_baselines(
     negatives = negatives_for(data)
     users, items = train_edges(leave_one_out(data.sequences))
     harness = Harness(data.n_users, data.n_items, users, items)
-    case = split_cases(data.sequences, negatives, split)
+    case = split_cases(data.sequences, negatives, split,
+                       sample_users(data.n_users, test_users, seed) if test_users else None)
     codec = IdCodec.build(data.user_ids, data.item_ids, scheme=id_scheme, seed=seed,
                           p5_user_numbers=data.p5_user_numbers, p5_item_numbers=data.p5_item_numbers)
     results: list[dict[str, Any]] = []

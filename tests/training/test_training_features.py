@@ -10,7 +10,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from model_store.bundle import load_bundle
-from training.baselines import run_baselines
+from training.baselines import Harness, evaluate_scorer, popularity_scorer, run_baselines
+from training.data import load_data
+from training.evaluate import sample_users, split_cases
+from training.negatives import negatives_for
+from training.split import leave_one_out, train_edges
 from training.trainer import RunSpec, train
 
 
@@ -92,6 +96,19 @@ def test_baselines_share_the_harness_and_leak_rule_needs_p5_ids(tiny_data: Path)
     assert leak["unfiltered"]["hr@10"] > 0.5
     with pytest.raises(ValueError, match="p5"):
         run_baselines(tiny_data, "sequential", methods=["p5-leak"])
+
+
+def test_baselines_on_the_bundles_test_user_sample(tiny_data: Path) -> None:
+    """`test_users=N` scores exactly the users a bundle with test_users=N is evaluated on."""
+    full = run_baselines(tiny_data, "direct", methods=["popularity"])[0]
+    sample = run_baselines(tiny_data, "direct", methods=["popularity"], test_users=7)[0]
+    assert sample["users"] == 7 < full["users"]
+    data = load_data(tiny_data)
+    negatives = negatives_for(data)
+    harness = Harness(data.n_users, data.n_items, *train_edges(leave_one_out(data.sequences)))
+    case = split_cases(data.sequences, negatives, "test", sample_users(data.n_users, 7, 0))
+    expected = evaluate_scorer(popularity_scorer(harness), case, "direct", 0)
+    assert sample["ndcg@10"] == pytest.approx(expected["ndcg@10"])
 
 
 def test_graph_prior_is_tuned_on_validation_and_reported(tiny_data: Path, tmp_path: Path) -> None:
