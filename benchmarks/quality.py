@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ def write_result(result: dict[str, Any], command: str) -> Path:
     variant = result.get("variant")
     tag = (("-" + preset if preset else "") + ("-" + variant if variant else "")
            + ("" if scheme == "shuffled" else "-" + scheme))
-    path = RESULTS / f"quality-{name}{tag}-{device}-{_stamp()}.json"
+    path = RESULTS / re.sub(r"[^A-Za-z0-9.+_-]+", "_", f"quality-{name}{tag}-{device}-{_stamp()}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
