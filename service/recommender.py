@@ -17,7 +17,7 @@ from model_store.engine import InferenceEngine, Scored, filter_rerank
 from model_store.omega import fold_in
 from model_store.retrieval import popular, retrieve
 from service.batching import MicroBatcher
-from service.errors import BadRequestError, UnknownItemsError
+from service.errors import BadRequestError, StoreUnavailableError, UnknownItemsError
 from service.metrics import ServiceMetrics
 from service.schemas import (
     DirectRequest,
@@ -181,11 +181,16 @@ class Recommender:
         if user is not None and candidates is not None and not reads_history:  # no history needed
             job = DirectJob(user, tuple(candidates), request.k)
             return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
+        if user is not None and candidates is not None:
+            # the prior reads the history; with the store down, a known user degrades to the bundle's
+            try:
+                history = await self.history_indices(request.user_id)
+            except StoreUnavailableError:
+                history = list(self.bundle.data.sequences[user][-self.history_max_len :])
+            job = DirectJob(user, tuple(candidates), request.k, history=tuple(history))
+            return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
         history = await self.history_indices(request.user_id)
         known = tuple(history) if reads_history else None
-        if user is not None and candidates is not None:
-            job = DirectJob(user, tuple(candidates), request.k, history=known)
-            return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
         fallback: Fallback | None = None
         if user is not None:
             row = self.bundle.omega.users[user]

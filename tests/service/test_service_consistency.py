@@ -17,6 +17,8 @@ from service_testkit import MakeSettings, make_settings
 from model_store.bundle import ITEM_GRAPH, Bundle, load_bundle, write_manifest
 from model_store.item_graph import ItemGraph
 from service.app import create_app
+from service.errors import StoreUnavailableError
+from service.store import InMemoryHistoryStore
 from training.evaluate import split_cases
 
 DIRECT = "/recommend/direct"
@@ -126,8 +128,11 @@ def test_batched_equals_unbatched(settings_for: MakeSettings, bundle: Bundle) ->
                                                                      abs=1e-4)
 
 
-def test_direct_with_cooccurrence_reads_the_served_history(bundle: Bundle, tmp_path: Path) -> None:
-    """A prior mixing item co-occurrence into the direct score: served = engine given the user's history."""
+def test_direct_with_cooccurrence_reads_the_served_history(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prior mixing item co-occurrence into the direct score: served = engine given the user's history;
+    with the store down, a known user is still answered, from the bundle's history."""
     folder = tmp_path / "cooc"
     shutil.copytree(bundle.path, folder)
     users_e = np.repeat(np.arange(len(bundle.data.sequences)), [len(s) for s in bundle.data.sequences])
@@ -153,3 +158,17 @@ def test_direct_with_cooccurrence_reads_the_served_history(bundle: Bundle, tmp_p
             expected = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
             assert _ids(body) == [items[i] for i, _ in expected]
             assert [e["score"] for e in body["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
+    async def down(self: InMemoryHistoryStore, user_id: str) -> list[str]:
+        raise StoreUnavailableError("get", "connection", "store down (test)")
+
+    monkeypatch.setattr(InMemoryHistoryStore, "get", down)
+    with TestClient(create_app(make_settings(folder))) as client:  # the store is down: bundle history
+        user, cands = 2, list(range(12))
+        scores = engine.score_direct([user], [cands], histories=[cooc.data.sequences[user]])[0]
+        body = client.post(DIRECT, json={"user_id": cooc.codec.users[user],
+                                         "candidates": [items[i] for i in cands], "k": 12})
+        assert body.status_code == 200
+        expected = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        assert _ids(body.json()) == [items[i] for i, _ in expected]
