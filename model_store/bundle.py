@@ -92,6 +92,20 @@ class GraphPriorConfig(BaseModel):
                                    "co-occurrence score of the history (needs item_graph.safetensors)")
     direct_cooc_decay: float = Field(1.0, gt=0.0, le=1.0, description="its recency decay")
 
+    @property
+    def uses_item_graph(self) -> bool:
+        """Whether either task's graph score mixes in item co-occurrence."""
+        return max(self.cooc_mix, self.direct_cooc_mix) > 0
+
+    @property
+    def direct_reads_history(self) -> bool:
+        """Whether the served direct score reads the user's history (its co-occurrence part is on)."""
+        return self.direct_weight > 0 and self.direct_cooc_mix > 0
+
+    def prior(self, omega: Omega, item_graph: ItemGraph | None) -> GraphPrior:
+        """The engine's graph prior with these settings."""
+        return GraphPrior(omega, item_graph=item_graph, **self.model_dump())
+
 
 class BundleConfig(BaseModel):
     """config.json."""
@@ -156,9 +170,7 @@ class Bundle:
             runner = onnx_runner(self.path, model, device)
         builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
                                 self.config.model.max_whole_word)
-        gp = self.config.graph_prior
-        prior = GraphPrior(self.omega, gp.direct_weight, gp.sequential_weight, gp.pool, self.item_graph,
-                           gp.cooc_mix, gp.cooc_decay, gp.direct_cooc_mix, gp.direct_cooc_decay)
+        prior = self.config.graph_prior.prior(self.omega, self.item_graph)
         return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
                                prior=prior, runner=runner)
 
@@ -338,6 +350,6 @@ def load_bundle(path: str | Path) -> Bundle:
         if ITEM_GRAPH not in listed:
             raise BundleError(f"{path}: {ITEM_GRAPH} is not in the manifest")
         item_graph = ItemGraph.from_tensors(load_numpy(str(path / ITEM_GRAPH)), codec.n_items)
-    if max(config.graph_prior.cooc_mix, config.graph_prior.direct_cooc_mix) > 0 and item_graph is None:
+    if config.graph_prior.uses_item_graph and item_graph is None:
         raise BundleError(f"{path}: the graph prior mixes in item co-occurrence but {ITEM_GRAPH} is missing")
     return Bundle(path, config, codec, omega, BundleData(sequences, negatives), metrics, item_graph)

@@ -48,13 +48,17 @@ class GraphPrior:
         self, items: Sequence[int], row: np.ndarray, history: Sequence[int] | None, mix: float | None = None
     ) -> np.ndarray:
         """Standardised direct graph score of the candidates (`mix` None = the prior's own μ)."""
-        omega = self.standardised(self.omega.items[np.asarray(items, dtype=np.int64)] @ row)
+        index = np.asarray(items, dtype=np.int64)
+        omega = self.standardised(self.omega.items[index] @ row)
         mu = self.direct_cooc_mix if mix is None else mix
-        if self.item_graph is None or mu <= 0 or not history:
-            return omega
-        cooc = self.standardised(self.item_graph.history_scores(history, self.direct_cooc_decay)[
-            np.asarray(items, dtype=np.int64)])
-        return (1 - mu) * omega + mu * cooc
+        cooc = self._cooccurrence(history, mu, self.direct_cooc_decay)
+        return omega if cooc is None else (1 - mu) * omega + mu * self.standardised(cooc[index])
+
+    def _cooccurrence(self, history: Sequence[int] | None, mix: float, decay: float) -> np.ndarray | None:
+        """The item co-occurrence score of every item for this history; None when that part is off."""
+        if self.item_graph is None or mix <= 0 or history is None or not len(history):
+            return None
+        return self.item_graph.history_scores(history, decay)
 
     @staticmethod
     def standardised(values: np.ndarray) -> np.ndarray:
@@ -68,12 +72,10 @@ class GraphPrior:
         if len(history):
             profile = self.omega.items[np.asarray(list(history), dtype=np.int64)].sum(axis=0)
         scores = self.omega.items @ profile
-        if self.item_graph is None or self.cooc_mix <= 0:
+        cooc = self._cooccurrence(history, self.cooc_mix, self.cooc_decay)
+        if cooc is None:
             return scores
-        cooc = self.standardised(self.item_graph.history_scores(history, self.cooc_decay))
-        if self.cooc_mix >= 1:
-            return cooc
-        return (1 - self.cooc_mix) * self.standardised(scores) + self.cooc_mix * cooc
+        return (1 - self.cooc_mix) * self.standardised(scores) + self.cooc_mix * self.standardised(cooc)
 
     def sequential_pool(
         self, history: Sequence[int], beam_items: Sequence[int]

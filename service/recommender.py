@@ -176,18 +176,15 @@ class Recommender:
                                       f"(ELMREC_MAX_CANDIDATES), got {len(request.candidates)}")
             candidates = self.item_indices("candidates", request.candidates)
         user = self.codec.find_user(request.user_id)
-        gp = self.bundle.config.graph_prior
-        reads_history = gp.direct_weight > 0 and gp.direct_cooc_mix > 0
-        if user is not None and candidates is not None and not reads_history:  # no history needed
-            job = DirectJob(user, tuple(candidates), request.k)
-            return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
-        if user is not None and candidates is not None:
-            # the prior reads the history; with the store down, a known user degrades to the bundle's
-            try:
-                history = await self.history_indices(request.user_id)
-            except StoreUnavailableError:
-                history = list(self.bundle.data.sequences[user][-self.history_max_len :])
-            job = DirectJob(user, tuple(candidates), request.k, history=tuple(history))
+        reads_history = self.bundle.config.graph_prior.direct_reads_history
+        if user is not None and candidates is not None:  # needs the history only if the prior reads it
+            known_user: tuple[int, ...] | None = None
+            if reads_history:  # with the store down, a known user degrades to the bundle's history
+                try:
+                    known_user = tuple(await self.history_indices(request.user_id))
+                except StoreUnavailableError:
+                    known_user = tuple(self.bundle.data.sequences[user][-self.history_max_len :])
+            job = DirectJob(user, tuple(candidates), request.k, history=known_user)
             return self._answer(request.user_id, await self.direct_batcher.submit(job), None)
         history = await self.history_indices(request.user_id)
         known = tuple(history) if reads_history else None

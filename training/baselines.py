@@ -37,10 +37,14 @@ class Harness:
         self.users, self.items = users, items
         self.popularity = np.bincount(self.items, minlength=n_items).astype(np.float64)
         self.matrix = interaction_matrix(n_users, n_items, users, items)
+        self._similarity: dict[float, sp.csr_matrix] = {}
 
     def item_similarity(self, shrink: float = 10.0) -> sp.csr_matrix:
-        """Cosine item-item similarity with shrinkage, diagonal removed."""
-        return cosine_similarity(self.matrix, shrink)
+        """Cosine item-item similarity with shrinkage, diagonal removed; computed once per shrinkage
+        (decay tuning asks for it once per candidate decay). Shared: callers must not modify it."""
+        if shrink not in self._similarity:
+            self._similarity[shrink] = cosine_similarity(self.matrix, shrink)
+        return self._similarity[shrink]
 
 
 def popularity_scorer(harness: Harness) -> Scorer:

@@ -177,17 +177,20 @@ def tune_graph_prior(
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
                              pure=True)
     only_omega = tuple(mixes) == (0.0,)
+
+    def key(symbol: str, mix: float, w: float) -> str:
+        return str(w) if only_omega else f"{symbol}={mix},w={w}"
+
     direct_report: dict[str, float] = {}
     direct_settings: dict[str, tuple[float, float]] = {}
     for mix in mixes:
         for w in grid:
-            key = str(w) if only_omega else f"μ={mix},w={w}"
-            direct_settings[key] = (mix, w)
+            direct_settings[key("μ", mix, w)] = (mix, w)
             ranks: list[int | None] = []
             for scores, user, h, target in zip(t5, case.users, case.histories, case.targets, strict=True):
                 ranks.append(rank_with_ties_against(engine.with_graph(user, scores, w, history=h, mix=mix),
                                                     target))
-            direct_report[key] = summarize(ranks)["ndcg@10"]
+            direct_report[key("μ", mix, w)] = summarize(ranks)["ndcg@10"]
     width = max(beam, 10 + extra)
     generated = engine.beam_sequential(case.users, case.histories, width, pure=True)
     pure_ranks = [rank_in_list([s.item for s in filter_rerank(g, h, 10, extra, True)], t)
@@ -206,8 +209,7 @@ def tune_graph_prior(
     settings: dict[str, tuple[float, float]] = {}
     for mix in mixes:
         for w in grid:
-            key = str(w) if only_omega else f"λ={mix},w={w}"
-            settings[key] = (mix, w)
+            settings[key("λ", mix, w)] = (mix, w)
             ranks = []
             for scores, (items, graph), h, t in zip(exact, pools[mix], case.histories, case.targets,
                                                     strict=True):
@@ -215,7 +217,7 @@ def tune_graph_prior(
                                  for i, z in zip(items, prior.standardised(graph), strict=True)),
                                 key=lambda s: (-s.score, s.item))
                 ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
-            seq_report[key] = summarize(ranks)["ndcg@10"]
+            seq_report[key("λ", mix, w)] = summarize(ranks)["ndcg@10"]
     direct_mix, direct_weight = direct_settings[max(direct_report, key=lambda k: direct_report[k])]
     best_seq = max(seq_report, key=lambda k: seq_report[k])
     mix, weight = settings.get(best_seq, (0.0, 0.0))

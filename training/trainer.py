@@ -29,7 +29,7 @@ from model_store.bundle import (
 )
 from model_store.codec import SCHEMES, IdCodec
 from model_store.config import ModelConfig, OmegaConfig
-from model_store.engine import GraphPrior, InferenceEngine
+from model_store.engine import InferenceEngine
 from model_store.errors import DataError
 from model_store.item_graph import ItemGraph
 from model_store.model import ElmrecModel
@@ -383,10 +383,9 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
     """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
     item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
                           else (None, {"direct": 1.0, "sequential": 1.0}))
-    prior = GraphPrior(prepared.omega, item_graph=item_graph, cooc_decay=decays["sequential"],
-                       direct_cooc_decay=decays["direct"])
-    engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed, prior=prior)
-    prior_config = GraphPriorConfig()
+    prior_config = GraphPriorConfig(cooc_decay=decays["sequential"], direct_cooc_decay=decays["direct"])
+    engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed,
+                             prior=prior_config.prior(prepared.omega, item_graph))
     prior_report: dict[str, Any] = {}
     if preset.graph_prior:
         valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
@@ -394,13 +393,10 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         chosen, prior_report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam,
                                                 preset.graph_pool,
                                                 mixes=COOC_MIXES if item_graph is not None else (0.0,))
-        prior_config = GraphPriorConfig(**chosen, cooc_decay=decays["sequential"],
-                                        direct_cooc_decay=decays["direct"])
-        prior.direct_weight, prior.sequential_weight, prior.pool = (
-            prior_config.direct_weight, prior_config.sequential_weight, prior_config.pool)
-        prior.cooc_mix, prior.direct_cooc_mix = prior_config.cooc_mix, prior_config.direct_cooc_mix
+        prior_config = GraphPriorConfig.model_validate({**prior_config.model_dump(), **chosen})
+        engine.prior = prior_config.prior(prepared.omega, item_graph)
         logger.info("graph prior chosen on validation: %s", prior_config.model_dump())
-    if not max(prior_config.cooc_mix, prior_config.direct_cooc_mix):
+    if not prior_config.uses_item_graph:
         item_graph = None  # not used by the served ranking: not written to the bundle
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
