@@ -300,7 +300,7 @@ def run(specs: list[dict[str, Any]], solvers: Sequence[str], k: int, dim: int, t
 
 def plot(result: dict[str, Any], path: Path) -> Path:
     """Log-log CPU seconds (solid) and peak MB (dashed) of each solver's builds against edges, as a PNG."""
-    from benchmarks.plots import save, subplots
+    from benchmarks.plots import label_axes, save, subplots
 
     fig, (ax_time, ax_mem) = subplots(1, 2, figsize=(11, 4.2))
     for solver in SOLVERS:
@@ -314,10 +314,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for ax, label in ((ax_time, "build CPU seconds"), (ax_mem, "build peak memory (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("distinct training edges")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        label_axes(ax, "distinct training edges", label)
     save(fig, path, f"Ω build cost, k = 64 spectral / d = 512 random, {result['device']}, 1 BLAS thread, "
                  f"{result['date']}", dpi=110)
     return path

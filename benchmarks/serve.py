@@ -216,7 +216,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def plot(results: list[dict[str, Any]], path: Path) -> Path:
     """Per task, p50/p95/p99 latency and throughput against concurrency, a colour per backend (Agg)."""
-    from benchmarks.plots import save, subplots
+    from benchmarks.plots import label_axes, save, subplots
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
     fig, axes = subplots(len(tasks), 2, figsize=(11, 3.9 * len(tasks)), squeeze=False)
@@ -234,11 +234,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path:
         for ax, ylabel in zip(row, ("latency (ms)", "requests / s"), strict=True):
             ax.set_xscale("log", base=2)
             ax.set_xticks(levels, [str(c) for c in levels])
-            ax.set_xlabel("concurrent clients")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"/recommend/{task}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+            label_axes(ax, "concurrent clients", ylabel, f"/recommend/{task}", fontsize=8)
         row[0].set_yscale("log")
     first = results[0]
     save(fig, path, f"serve benchmark: {first['device']}, {first['preset']} / {first['dataset']}, "
