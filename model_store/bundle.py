@@ -2,7 +2,8 @@
 
 Layout (no pickle anywhere):
     config.json          BundleConfig: preset, model and Ω settings, dataset stats, protocol
-    model.safetensors    ElmrecModel weights (the frozen Ω table is not among them)
+    model.safetensors    model weights (the frozen Ω table is not among them)
+    model_direct.safetensors  items kind: the weights selected on direct validation (optional)
     omega.safetensors    the Ω table and what fold-in needs
     ids.json             the id codec (external <-> internal ids)
     dataset.npz          sequences and direct-task negatives (numpy, allow_pickle=False)
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,13 +39,18 @@ from model_store.codec import IdCodec
 from model_store.config import ModelConfig, OmegaConfig
 from model_store.engine import GraphPrior, InferenceEngine
 from model_store.errors import BundleError
+from model_store.item_engine import ItemInferenceEngine
 from model_store.item_graph import ItemGraph
+from model_store.item_model import ItemElmrecModel
 from model_store.model import ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
+MODEL_FILE = "model.safetensors"
+DIRECT_MODEL_FILE = "model_direct.safetensors"  # items kind: weights selected on direct validation (optional)
+M = TypeVar("M", bound=torch.nn.Module)
 ITEM_GRAPH = "item_graph.safetensors"
 REQUIRED = (
     "config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json",
@@ -127,6 +133,11 @@ class BundleConfig(BaseModel):
     popular_items: list[int]  # dense item indices by training popularity, for the popularity fallback
     graph_prior: GraphPriorConfig = GraphPriorConfig()
 
+    @property
+    def direct_reads_history(self) -> bool:
+        """Whether direct scores read the user's history (the items model always does; digits: the prior)."""
+        return self.model.kind == "items" or self.graph_prior.direct_reads_history
+
 
 @dataclass
 class BundleData:
@@ -152,27 +163,23 @@ class Bundle:
         return self.path / "tokenizer"
 
     def build_model(self) -> ElmrecModel:
-        """The model with its weights loaded (on CPU)."""
-        return build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir())
+        """The digit-id model with its weights loaded (on CPU)."""
+        model = self.load_weights(MODEL_FILE)
+        if not isinstance(model, ElmrecModel):
+            raise BundleError(f"{self.path}: a {self.config.model.kind!r} bundle has no digit-id model")
+        return model
+
+    def load_weights(self, name: str) -> ElmrecModel | ItemElmrecModel:
+        """One of the bundle's weight files loaded into the model its config describes (on CPU)."""
+        model = new_model(self.config.model, self.omega, self.codec, self.tokenizer_dir())
+        return load_weights(model, self.path / name)
 
     def engine(self, device: str | torch.device = "cpu", backend: str = "torch") -> InferenceEngine:
-        """The inference engine; backend "onnx" runs the model with `model_store.onnx_backend`."""
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend {backend!r}: expected 'torch' or 'onnx'")
-        id_tokens = IdTokens(load_tokenizer(self.tokenizer_dir()), self.codec.user_numbers.tolist(),
-                             self.codec.item_numbers.tolist())
-        model = build_model(self.path, self.config.model, self.omega, self.codec, self.tokenizer_dir(),
-                            id_tokens)
-        runner = None
-        if backend == "onnx":
-            from model_store.onnx_backend import onnx_runner  # optional dependency: imported on demand
-
-            runner = onnx_runner(self.path, model, device)
-        builder = PromptBuilder(id_tokens, self.codec.n_users, self.config.max_history,
-                                self.config.model.max_whole_word)
-        prior = self.config.graph_prior.prior(self.omega, self.item_graph)
-        return InferenceEngine(model, builder, id_tokens, device=device, seed=self.config.protocol.seed,
-                               prior=prior, runner=runner)
+        """The inference engine; backend "onnx" runs the digit-id model with `model_store.onnx_backend`."""
+        direct = self.load_weights(DIRECT_MODEL_FILE) if (self.path / DIRECT_MODEL_FILE).is_file() else None
+        return make_engine(self.config, self.load_weights(MODEL_FILE), self.omega, self.codec,
+                           self.item_graph, device, backend, direct_model=direct,
+                           tokenizer_dir=self.tokenizer_dir(), bundle_path=self.path)
 
 
 def omega_matrix(omega: Omega) -> torch.Tensor:
@@ -180,21 +187,64 @@ def omega_matrix(omega: Omega) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([omega.users, omega.items]).astype(np.float32))
 
 
-def build_model(
-    path: Path, config: ModelConfig, omega: Omega, codec: IdCodec, tokenizer_dir: Path,
-    id_tokens: IdTokens | None = None,
-) -> ElmrecModel:
-    tokens = id_tokens or IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(),
-                                      codec.item_numbers.tolist())
-    model = ElmrecModel(config, omega_matrix(omega), tokens.output_tokens)
+def new_model(
+    config: ModelConfig, omega: Omega, codec: IdCodec, tokenizer_dir: Path | None = None,
+) -> ElmrecModel | ItemElmrecModel:
+    """A freshly initialised model of the config's kind (the one constructor trainer and bundle share)."""
+    if config.kind == "items":
+        return ItemElmrecModel(config, torch.from_numpy(omega.items.astype(np.float32)))
+    tokens = IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(), codec.item_numbers.tolist())
+    return ElmrecModel(config, omega_matrix(omega), tokens.output_tokens)
+
+
+def load_weights(model: M, path: Path) -> M:
+    """Load a safetensors weight file into `model`; a file that does not fit raises BundleError."""
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as exc:  # shape mismatch, corrupt header
-        raise BundleError(f"{path}: model.safetensors does not fit config.json: {exc}") from exc
+        raise BundleError(f"{path.parent}: {path.name} does not fit config.json: {exc}") from exc
     if missing or unexpected:
-        raise BundleError(f"{path}: model.safetensors does not fit config.json "
+        raise BundleError(f"{path.parent}: {path.name} does not fit config.json "
                           f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     return model
+
+
+def make_engine(
+    config: BundleConfig,
+    model: ElmrecModel | ItemElmrecModel,
+    omega: Omega,
+    codec: IdCodec,
+    item_graph: ItemGraph | None,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    direct_model: ElmrecModel | ItemElmrecModel | None = None,
+    tokenizer_dir: Path | None = None,
+    bundle_path: Path | None = None,
+) -> InferenceEngine:
+    """The one assembly of an engine from a bundle's parts (the trainer's evaluation and the service)."""
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend {backend!r}: expected 'torch' or 'onnx'")
+    prior = config.graph_prior.prior(omega, item_graph)
+    if isinstance(model, ItemElmrecModel):
+        if backend != "torch":
+            raise BundleError("the onnx backend serves digit-id bundles only; this bundle's model kind is "
+                              "'items' (one decoder pass already ranks every item): use ELMREC_BACKEND=torch")
+        if direct_model is not None and not isinstance(direct_model, ItemElmrecModel):
+            raise BundleError("the direct weights are not of the bundle's model kind")
+        return ItemInferenceEngine(model, config.max_history, device=device, seed=config.protocol.seed,
+                                   prior=prior, direct_model=direct_model)
+    id_tokens = IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(),
+                         codec.item_numbers.tolist())
+    runner = None
+    if backend == "onnx":
+        if bundle_path is None:
+            raise ValueError("the onnx backend caches its graphs in the bundle folder: give bundle_path")
+        from model_store.onnx_backend import onnx_runner  # optional dependency: imported on demand
+
+        runner = onnx_runner(bundle_path, model, device)
+    builder = PromptBuilder(id_tokens, codec.n_users, config.max_history, config.model.max_whole_word)
+    return InferenceEngine(model, builder, id_tokens, device=device, seed=config.protocol.seed,
+                           prior=prior, runner=runner)
 
 
 def _sha256(path: Path) -> str:
@@ -230,7 +280,7 @@ def new_model_version(state: dict[str, torch.Tensor]) -> str:
 def save_bundle(
     path: Path,
     config: BundleConfig,
-    model: ElmrecModel,
+    model: ElmrecModel | ItemElmrecModel,
     omega: Omega,
     codec: IdCodec,
     data: BundleData,
@@ -238,6 +288,7 @@ def save_bundle(
     curve_png: Path | None = None,
     tokenizer_dir: Path = TOKENIZER_DIR,
     item_graph: ItemGraph | None = None,
+    direct_model: ElmrecModel | ItemElmrecModel | None = None,
 ) -> Path:
     """Write a bundle atomically: into a temporary folder beside `path`, then renamed into place."""
     path = Path(path)
@@ -245,7 +296,9 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / "config.json").write_text(config.model_dump_json(indent=2))
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / MODEL_FILE))
+        if direct_model is not None:
+            save_model(direct_model, str(tmp / DIRECT_MODEL_FILE))
         save_numpy(omega.to_tensors(), str(tmp / "omega.safetensors"),
                    metadata={"kind": omega.kind, "params": json.dumps(omega.params)})
         (tmp / "ids.json").write_text(json.dumps(codec.to_json()))

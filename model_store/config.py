@@ -30,6 +30,11 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["digits", "items"] = Field(
+        "digits", description="digits: the paper's formulation (item ids as digit tokens, prompts, beam "
+        "search); items: one graph-aware whole-word token per item, sequence-level training, full softmax "
+        "(model_store/item_model.py)")
+    init_std: float = Field(0.05, gt=0, description="items: std of the item vectors at initialisation")
     d_model: int = Field(512, ge=8)
     d_ff: int = Field(2048, ge=8)
     d_kv: int = Field(64, ge=4)

@@ -176,7 +176,7 @@ class Recommender:
                                       f"(ELMREC_MAX_CANDIDATES), got {len(request.candidates)}")
             candidates = self.item_indices("candidates", request.candidates)
         user = self.codec.find_user(request.user_id)
-        reads_history = self.bundle.config.graph_prior.direct_reads_history
+        reads_history = self.bundle.config.direct_reads_history
         if user is not None and candidates is not None:  # needs the history only if the prior reads it
             known_user: tuple[int, ...] | None = None
             if reads_history:  # with the store down, a known user degrades to the bundle's history
@@ -231,6 +231,7 @@ class Recommender:
         return {
             "model_version": config.model_version,
             "preset": config.preset,
+            "model_kind": config.model.kind,
             "created": config.created,
             "protocol": {**config.protocol.model_dump(), "label": config.protocol.label},
             "dataset": config.dataset.model_dump(),

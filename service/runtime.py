@@ -53,7 +53,8 @@ def warm_up(engine: InferenceEngine, bundle: Bundle, beam: int) -> float:
     items = bundle.config.popular_items[:5] or [0]
     history = bundle.data.sequences[0] if bundle.data.sequences else items
     row = fold_in(bundle.omega, np.asarray(history, dtype=np.int64), side="user")
-    run_direct_batch(engine, [DirectJob(0, tuple(items), 1), DirectJob(None, tuple(items), 1, row)])
+    run_direct_batch(engine, [DirectJob(0, tuple(items), 1, history=tuple(history)),
+                              DirectJob(None, tuple(items), 1, row, tuple(history))])
     run_sequential_batch(engine, [SequentialJob(0, tuple(history), 1, 0, True, beam),
                                   SequentialJob(None, tuple(history), 1, 0, True, beam)])
     return time.perf_counter() - start

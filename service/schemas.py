@@ -100,6 +100,8 @@ class ModelResponse(BaseModel):
 
     model_version: str
     preset: str
+    model_kind: str = Field(description="items: one token per item, exact full ranking; digits: the paper's "
+                            "digit-id formulation with beam search")
     created: str
     protocol: dict[str, Any]
     dataset: dict[str, Any]

@@ -40,4 +40,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    return train(RunSpec(data=tiny_data, preset="tiny", out=out, device="cpu", epochs=3))
+    path = train(RunSpec(data=tiny_data, preset="tiny", out=out, device="cpu", epochs=3))
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_items_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A tiny bundle of the default model kind (one token per item, sequence-level training)."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-items"
+    path = train(RunSpec(data=tiny_data, preset="tiny-items", out=out, device="cpu"))
+    assert path is not None
+    return path

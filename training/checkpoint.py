@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,15 @@ from torch import nn
 
 def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-    best: nn.Module | None = None,
+    best: Mapping[str, nn.Module] | None = None,
 ) -> None:
     """Write model, optimizer and `state` (JSON-able) atomically into `folder`."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
-    if best is not None:
-        save_model(best, str(tmp / "best.safetensors"))
+    for key, module in (best or {}).items():
+        save_model(module, str(tmp / _best_file(key)))
     tensors: dict[str, torch.Tensor] = {}
     for index, param_state in optimizer.state_dict()["state"].items():
         for name, value in param_state.items():
@@ -40,6 +41,11 @@ def save_checkpoint(
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _best_file(key: str) -> str:
+    """best.safetensors for selection "mean" (the format before per-task selection), else best-<key>."""
+    return "best.safetensors" if key == "mean" else f"best-{key}.safetensors"
+
+
 def _previous(folder: Path) -> Path:
     return folder.with_name(folder.name + ".old")
 
@@ -53,12 +59,14 @@ def recover_checkpoint(folder: Path) -> bool:
 
 
 def load_checkpoint(
-    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, best: nn.Module | None = None
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+    best: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore what save_checkpoint wrote; returns the JSON state."""
     load_model(model, str(folder / "model.safetensors"))
-    if best is not None and (folder / "best.safetensors").exists():
-        load_model(best, str(folder / "best.safetensors"))
+    for key, module in (best or {}).items():
+        if (folder / _best_file(key)).exists():
+            load_model(module, str(folder / _best_file(key)))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state = optimizer.state_dict()
     restored: dict[int, dict[str, torch.Tensor]] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.errors import DataError, ElmrecError
+from training.presets import PRESETS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -21,6 +22,8 @@ def _train(args: argparse.Namespace) -> int:
                    reviews=Path(args.reviews) if args.reviews else None, data_options=_data_options(args),
                    overrides=_overrides(args.set))
     path = train(spec)
+    if path is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return 0
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     print(f"bundle written to {path}")
     for task in ("direct", "sequential"):
@@ -90,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train ELMRec and write a bundle")
     t.add_argument("--data", required=True, help="P5 folder or interactions file (csv/tsv/parquet)")
-    t.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    t.add_argument("--preset", default="small", choices=list(PRESETS))
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--limit-users", type=int, default=None, help="first N users in file order")
     t.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "graph", "p5"],

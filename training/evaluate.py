@@ -59,8 +59,8 @@ def evaluate_direct(
     for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="direct"):
         users = [case.users[i] for i in chunk]
         cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
-        t5 = engine.score_direct(users, cands, pure=True)
         hists = [case.histories[i] for i in chunk]
+        t5 = engine.score_direct(users, cands, pure=True, histories=hists)
         scores = [engine.with_graph(u, s, 0.0 if pure else None, history=h)
                   for u, s, h in zip(users, t5, hists, strict=True)]
         ranks.extend(rank_with_ties_against(s, case.targets[i]) for s, i in zip(scores, chunk, strict=True))
@@ -175,7 +175,7 @@ def tune_graph_prior(
     if any(m > 0 for m in mixes) and prior.item_graph is None:
         raise ValueError("a co-occurrence mix > 0 needs the prior's item graph")
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
-                             pure=True)
+                             pure=True, histories=case.histories)
     only_omega = tuple(mixes) == (0.0,)
 
     def key(symbol: str, mix: float, w: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model_store.config import ModelConfig, OmegaConfig, OmegaKind
 from model_store.errors import DataError
@@ -49,6 +49,12 @@ class Preset(BaseModel):
     alpha_sequential: float | None = Field(None, description="α of sequential prompts; None = Table 9")
     sigma: float | None = Field(None, gt=0, description="σ of Ω; None = the dataset's direct σ (Table 9)")
     lr: float = 1e-3
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="after warm-up: linear decay to 0 over the run, or constant (transformers')")
+    beta2: float = Field(0.999, gt=0, lt=1, description="AdamW's second-moment decay")
+    selection: Literal["mean", "per_task"] = Field(
+        "mean", description="best weights by the mean of both tasks' validation NDCG@10, or one set per "
+        "task (items kind: direct is served by its own weights)")
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -76,6 +82,12 @@ class Preset(BaseModel):
         0.0, ge=0.0, description="direct: + weight x cross-entropy of the positive among the prompt's "
         "candidates by sequence likelihood (the score evaluation ranks by); 0 = the paper's loss only",
     )
+
+    @model_validator(mode="after")
+    def _per_task_needs_items(self) -> Preset:
+        if self.selection == "per_task" and self.model.kind != "items":
+            raise ValueError("selection=per_task needs model.kind=items (a digit-id bundle serves one model)")
+        return self
 
     def omega(self, id_scheme: str, sigma: float, seed: int) -> OmegaConfig:
         kind: OmegaKind
@@ -105,8 +117,52 @@ PRESETS: dict[str, Preset] = {
         patience=3,
         beam=20,
     ),
+    "tiny-items": Preset(
+        name="tiny-items",
+        model=ModelConfig(kind="items", d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1,
+                          num_heads=4, dropout=0.0, n_prompts=1),
+        omega_dim=8,
+        lr=5e-3,
+        schedule="constant",
+        beta2=0.98,
+        selection="per_task",
+        warmup_steps=5,
+        batch_size=16,
+        epochs=3,
+        max_history=8,
+        eval_every=5,
+        eval_users=20,
+        patience=3,
+        beam=20,
+        graph_prior=True,
+        graph_cooc=True,
+    ),
+    # The CPU default: ELMRec with one graph-aware whole-word token per item, trained on whole sequences
+    # with a full softmax (../shared/notes/t5-learning.md), a best checkpoint per task.
     "small": Preset(
         name="small",
+        model=ModelConfig(kind="items", d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2,
+                          num_heads=4, dropout=0.1, n_prompts=3, alpha_sequential=1.0),
+        alpha_sequential=1.0,
+        omega_dim=64,
+        lr=2e-3,
+        schedule="constant",
+        beta2=0.98,
+        selection="per_task",
+        warmup_steps=200,
+        batch_size=128,
+        epochs=40,
+        max_history=50,
+        eval_every=175,  # about one epoch on Beauty
+        eval_users=2000,
+        patience=6,
+        test_users=None,
+        max_minutes=30,  # a safety cap (logged and recorded when it cuts training short)
+        graph_prior=True,
+        graph_cooc=True,
+    ),
+    "small-digits": Preset(
+        name="small-digits",
         model=ModelConfig(d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4,
                           dropout=0.0, max_whole_word=32),
         omega_dim=64,

@@ -8,14 +8,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from model_store.bundle import (
     BundleConfig,
@@ -23,16 +25,17 @@ from model_store.bundle import (
     DatasetInfo,
     GraphPriorConfig,
     Protocol,
+    make_engine,
+    new_model,
     new_model_version,
-    omega_matrix,
     save_bundle,
 )
 from model_store.codec import SCHEMES, IdCodec
 from model_store.config import ModelConfig, OmegaConfig
+from model_store.device import describe_device, resolve_device
 from model_store.engine import InferenceEngine
 from model_store.errors import DataError
 from model_store.item_graph import ItemGraph
-from model_store.model import ElmrecModel
 from model_store.omega import Omega, random_omega, spectral_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
 from training.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
@@ -47,9 +50,11 @@ from training.evaluate import (
 )
 from training.id_order import graph_item_numbers
 from training.negatives import negatives_for
+from training.objectives import Objective, PlanEntry, PromptObjective, SequenceObjective
 from training.presets import PRESETS, Preset, apply_overrides, dataset_hyper
 from training.samples import Review, SampleSource
 from training.split import Split, leave_one_out, train_edges
+from training.train_state import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +98,6 @@ class Prepared:
     omega_config: OmegaConfig
     rerank_n: int
     popular: list[int]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def subset_users(data: InteractionData, n: int) -> InteractionData:
@@ -166,8 +165,11 @@ def prepare(spec: RunSpec, preset: Preset) -> Prepared:
     builder = PromptBuilder(id_tokens, data.n_users, preset.max_history, model_config.max_whole_word)
     counts = np.bincount(items, minlength=data.n_items)
     popular = [int(i) for i in np.argsort(-counts, kind="stable")[:1000]]
+    # items kind: N covers the longest history, so history filtering of the exact full ranking is exact
+    rerank_n = (hyper.rerank_n if model_config.kind == "digits"
+                else max(len(s) for s in data.sequences))
     return Prepared(data, split, negatives, codec, omega, id_tokens, builder, model_config, omega_config,
-                    hyper.rerank_n, popular)
+                    rerank_n, popular)
 
 
 def load_reviews(path: Path, prepared: Prepared, train: Sequence[Sequence[int]]) -> list[Review]:
@@ -193,13 +195,15 @@ def load_reviews(path: Path, prepared: Prepared, train: Sequence[Sequence[int]])
     return out
 
 
-def _lr(preset: Preset, step: int, total: int) -> float:
-    warm = min(1.0, (step + 1) / max(preset.warmup_steps, 1))
-    decay = max(0.05, 1.0 - step / max(total, 1))
-    return preset.lr * warm * decay
+def schedule(kind: str, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> LambdaLR:
+    """The learning-rate schedule (transformers'), stepped once per global optimizer step."""
+    if kind == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total)
 
 
 def validate(engine: InferenceEngine, prepared: Prepared, users: list[int], beam: int) -> dict[str, Any]:
+    """Validation NDCG@10 of both tasks, and the selection scores (`mean` of both, and each task)."""
     case = split_cases(prepared.data.sequences, prepared.negatives, "valid", users)
     direct = evaluate_direct(engine, case)
     sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=beam)
@@ -217,6 +221,7 @@ def _plot_curve(curve: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     if not curve:
         return None
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = [c["step"] for c in curve]
     ax[0].plot(steps, [c["train_loss"] for c in curve])
@@ -240,8 +245,172 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def train(spec: RunSpec) -> Path:
-    """Train and write a bundle; resumable from `spec.checkpoint_dir` with `spec.resume`."""
+def make_objective(preset: Preset, prepared: Prepared, reviews: Sequence[Review]) -> Objective:
+    """The training objective of the preset's model kind."""
+    train_seqs = prepared.split.train
+    if prepared.model_config.kind == "items":
+        if reviews:
+            raise DataError("--reviews: the explanation task needs the digit-id model (model.kind=digits)")
+        return SequenceObjective(train_seqs, preset.max_history)
+    source = SampleSource(train_seqs, prepared.data.n_items, prepared.builder, prepared.id_tokens.targets,
+                          preset.train_negatives, reviews)
+    return PromptObjective(source, preset.listwise_weight)
+
+
+class Trainer:
+    """One training run: steps, validation with per-key best weights, checkpoints; DDP-aware.
+
+    Every decision that ends or shapes the run (early stopping, time box, max steps, epochs) is taken on
+    rank 0 and broadcast, so all ranks stop at the same global step; each rank trains on its own share of
+    every `world` consecutive batches of the plan (the plan is cut to a multiple of `world`).
+    """
+
+    def __init__(self, spec: RunSpec, preset: Preset, prepared: Prepared, reviews: Sequence[Review]) -> None:
+        self.spec, self.preset, self.prepared = spec, preset, prepared
+        self.rank, self.world = _distributed()
+        device = resolve_device(spec.device)
+        if self.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = device
+        self.objective = make_objective(preset, prepared, reviews)
+        torch.manual_seed(spec.seed)
+        self.model = new_model(prepared.model_config, prepared.omega, prepared.codec).to(device)
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=prepared.model_config.kind == "digits")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.lr,
+                                           weight_decay=preset.weight_decay, betas=(0.9, preset.beta2))
+        self.state = TrainState.start(preset.selection)
+        self.best = {key: copy.deepcopy(self.model) for key in self.state.best}
+        self.valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
+        self.steps_per_epoch = len(self._plan(0))
+        total = self.steps_per_epoch * preset.epochs
+        if preset.max_steps is not None:
+            total = min(total, preset.max_steps)
+        self.scheduler = schedule(preset.schedule, self.optimizer, preset.warmup_steps, max(total, 1))
+        self.losses: list[float] = []
+
+    def _plan(self, epoch: int) -> list[PlanEntry]:
+        plan = self.objective.epoch_plan(self.spec.seed, epoch, self.preset.batch_size)
+        return plan[: len(plan) - len(plan) % self.world] if self.world > 1 else plan
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([1 if flag else 0], dtype=torch.long,
+                             device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
+
+    def resume(self) -> None:
+        """Continue from the checkpoint folder when asked and one exists."""
+        if not (self.spec.resume and recover_checkpoint(self.spec.checkpoint_dir)):
+            return
+        raw = load_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.best)
+        self.state = TrainState.from_json(raw)
+        if self.state.stopped in ("time", "max-steps"):
+            self.state.stopped = ""  # an interrupted run goes on; a finished or early-stopped one does not
+        for _ in range(self.state.step):
+            self.scheduler.step()
+        logger.info("resumed from %s at step %d", self.spec.checkpoint_dir, self.state.step)
+
+    def train_step(self, entry: PlanEntry) -> float:
+        """One optimizer step on one batch (each rank its own batch; DDP averages the gradients)."""
+        state = self.state
+        rng = np.random.default_rng([self.spec.seed, state.epoch, state.batch])
+        torch.manual_seed(self.spec.seed * 1_000_003 + state.step * self.world + self.rank)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        with autocast:
+            loss = self.objective.loss(self.net, entry, rng, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.preset.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def engine(self, model: torch.nn.Module) -> InferenceEngine:
+        config = bundle_config(self.spec, self.preset, self.prepared, GraphPriorConfig(), "")
+        return make_engine(config, model, self.prepared.omega, self.prepared.codec, None,  # type: ignore[arg-type]
+                           self.device)
+
+    def validate(self) -> dict[str, Any]:
+        """Validate the current weights (rank 0), update the best weights per selection key."""
+        result = validate(self.engine(self.model), self.prepared, self.valid_users, self.preset.beam)
+        self.model.train()
+        state = self.state
+        state.curve.append({
+            "step": state.step, "epoch": state.epoch,
+            "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+            "valid_direct_ndcg@10": result["direct"]["ndcg@10"],
+            "valid_sequential_ndcg@10": result["sequential"]["ndcg@10"],
+        })
+        self.losses.clear()
+        scores = {"mean": result["score"], "direct": result["direct"]["ndcg@10"],
+                  "sequential": result["sequential"]["ndcg@10"]}
+        for key in state.record(scores, result):
+            self.best[key].load_state_dict(self.model.state_dict())
+        logger.info("step %d valid direct %.4f sequential %.4f", state.step, scores["direct"],
+                    scores["sequential"])
+        return result
+
+    def checkpoint(self, seconds: float) -> None:
+        self.state.train_seconds = seconds
+        save_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.state.to_json(), self.best)
+
+    def fit(self, deadline: float) -> TrainState:
+        """Train until epochs, max steps, the time box or early stopping; validate every `eval_every`."""
+        state, preset = self.state, self.preset
+        seconds_before, loop_start = state.train_seconds, time.monotonic()
+        total = self.steps_per_epoch * preset.epochs
+        bar = tqdm(total=total, initial=state.step, desc=f"train {preset.name}", disable=self.rank != 0,
+                   mininterval=5)
+        self.model.train()
+        while state.epoch < preset.epochs and not state.stopped:
+            plan = self._plan(state.epoch)
+            while state.batch < len(plan):
+                stop = ""
+                if preset.max_steps is not None and state.step >= preset.max_steps:
+                    stop = "max-steps"
+                elif self._agree(time.monotonic() > deadline):
+                    stop = "time"
+                if stop:
+                    state.stopped = stop
+                    break
+                entry = plan[state.batch + self.rank]
+                state.batch += self.world
+                self.losses.append(self.train_step(entry))
+                state.step += 1
+                bar.update(1)
+                if state.step % preset.eval_every == 0:
+                    early = False
+                    if self.rank == 0:
+                        self.validate()
+                        self.checkpoint(seconds_before + time.monotonic() - loop_start)
+                        early = state.bad_evals >= preset.patience
+                    if self._agree(early):
+                        state.stopped = "early-stopping"
+                        break
+            else:
+                state.epoch += 1
+                state.batch = 0
+        bar.close()
+        if not state.stopped:
+            state.stopped = "epochs"
+        if self.rank == 0 and (not state.curve or state.curve[-1]["step"] != state.step):
+            self.validate()
+        state.train_seconds = seconds_before + time.monotonic() - loop_start
+        if self.rank == 0:
+            self.checkpoint(state.train_seconds)
+        return state
+
+
+def train(spec: RunSpec) -> Path | None:
+    """Train and write a bundle (rank 0; other ranks return None); resumable with `spec.resume`."""
     if spec.preset not in PRESETS:
         raise DataError(f"unknown preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
     if spec.id_scheme not in SCHEMES:
@@ -250,117 +419,28 @@ def train(spec: RunSpec) -> Path:
     if spec.epochs is not None:
         preset = preset.model_copy(update={"epochs": spec.epochs})
     max_minutes = spec.max_minutes if spec.max_minutes is not None else preset.max_minutes
-    rank, world = _distributed()
-    device = pick_device(spec.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     started = time.monotonic()
     prepared = prepare(spec, preset)
-    split = prepared.split
-    reviews = load_reviews(spec.reviews, prepared, split.train) if spec.reviews else []
-    source = SampleSource(split.train, prepared.data.n_items, prepared.builder, prepared.id_tokens.targets,
-                          preset.train_negatives, reviews)
-    torch.manual_seed(spec.seed)
-    model = ElmrecModel(prepared.model_config, omega_matrix(prepared.omega),
-                        prepared.id_tokens.output_tokens).to(device)
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
-    best = copy.deepcopy(model)
-    valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
-    steps_per_epoch = len(source.epoch_plan(spec.seed, 0, preset.batch_size))
-    total_steps = steps_per_epoch * preset.epochs
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "best_step": 0,
-                             "bad_evals": 0, "curve": [], "stopped": "", "train_seconds": 0.0}
-    if spec.resume and recover_checkpoint(spec.checkpoint_dir):
-        state = load_checkpoint(spec.checkpoint_dir, model, optimizer, best)
-        if state["stopped"] in ("time", "max-steps"):
-            state["stopped"] = ""  # an interrupted run goes on; a finished or early-stopped one does not
-        logger.info("resumed from %s at step %d", spec.checkpoint_dir, state["step"])
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    deadline = started + 60 * max_minutes if max_minutes else math.inf
-    seconds_before = float(state["train_seconds"])
-    loop_start = time.monotonic()
-    losses: list[float] = []
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {spec.preset}",
-               disable=rank != 0, mininterval=5)
+    reviews = load_reviews(spec.reviews, prepared, prepared.split.train) if spec.reviews else []
+    trainer = Trainer(spec, preset, prepared, reviews)
+    trainer.resume()
+    state = trainer.fit(started + 60 * max_minutes if max_minutes else math.inf)
+    if state.stopped == "time" and preset.max_steps is not None and state.step < preset.max_steps:
+        logger.warning("the %.0f-minute cap stopped training at step %d, before max_steps=%d: this model "
+                       "differs from the preset's reference model (recorded in metrics.json)",
+                       max_minutes or 0, state.step, preset.max_steps)
+    if trainer.rank != 0:
+        _finish_distributed()
+        return None
+    best = {key: model.cpu() for key, model in trainer.best.items()}
+    path = finish(spec, preset, prepared, best, state, trainer.device, started, len(reviews))
+    _finish_distributed()
+    return path
 
-    def checkpoint_and_validate() -> bool:
-        """Validate, track the best model, checkpoint; True when early stopping triggers."""
-        engine = InferenceEngine(model, prepared.builder, prepared.id_tokens, device, seed=spec.seed)
-        result = validate(engine, prepared, valid_users, preset.beam)
-        model.train()
-        state["curve"].append({
-            "step": state["step"], "epoch": state["epoch"],
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "valid_direct_ndcg@10": result["direct"]["ndcg@10"],
-            "valid_sequential_ndcg@10": result["sequential"]["ndcg@10"],
-        })
-        losses.clear()
-        if result["score"] > state["best_score"]:
-            state.update(best_score=result["score"], best_step=state["step"], bad_evals=0,
-                         best_valid=result)
-            best.load_state_dict(model.state_dict())
-        else:
-            state["bad_evals"] += 1
-        state["train_seconds"] = seconds_before + time.monotonic() - loop_start
-        save_checkpoint(spec.checkpoint_dir, model, optimizer, state, best)
-        logger.info("step %d valid direct %.4f sequential %.4f", state["step"],
-                    result["direct"]["ndcg@10"], result["sequential"]["ndcg@10"])
-        return bool(state["bad_evals"] >= preset.patience)
 
-    model.train()
-    while state["epoch"] < preset.epochs and not state["stopped"]:
-        plan = source.epoch_plan(spec.seed, state["epoch"], preset.batch_size)
-        while state["batch"] < len(plan):
-            if time.monotonic() > deadline:
-                state["stopped"] = "time"
-                break
-            if preset.max_steps is not None and state["step"] >= preset.max_steps:
-                state["stopped"] = "max-steps"
-                break
-            task, index = plan[state["batch"]]
-            state["batch"] += 1
-            if world > 1 and (state["batch"] - 1) % world != rank:
-                continue
-            rng = np.random.default_rng([spec.seed, state["epoch"], state["batch"]])
-            batch = source.batch(task, index, rng)
-            torch.manual_seed(spec.seed * 1_000_003 + state["step"])
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(preset, state["step"], total_steps)
-            enc = batch.encoder.to(device)
-            cands = batch.candidates
-            extra = None
-            if cands is not None and preset.listwise_weight > 0:
-                extra = (cands.decoder_input.to(device), cands.labels.to(device), cands.positive.to(device))
-            with autocast:
-                loss = net(task, enc.input_ids, enc.attention_mask, enc.ww, batch.labels.to(device), extra,
-                           preset.listwise_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % preset.eval_every == 0 and rank == 0 and checkpoint_and_validate():
-                state["stopped"] = "early-stopping"
-                break
-        else:
-            state["epoch"] += 1
-            state["batch"] = 0
-    bar.close()
-    if not state["stopped"]:
-        state["stopped"] = "epochs"
-    if rank != 0:
-        return spec.out
-    if not state["curve"] or state["curve"][-1]["step"] != state["step"]:
-        checkpoint_and_validate()
-    return finish(spec, preset, prepared, best, state, device, started, len(reviews))
+def _finish_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 COOC_MIXES = (0.0, 0.5, 0.8, 1.0)  # shares of the co-occurrence score tried in the sequential graph score
@@ -378,58 +458,12 @@ def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, dict[str, floa
     return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decays
 
 
-def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
-           device: torch.device, started: float, explanation_examples: int = 0) -> Path:
-    """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
-    item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
-                          else (None, {"direct": 1.0, "sequential": 1.0}))
-    prior_config = GraphPriorConfig(cooc_decay=decays["sequential"], direct_cooc_decay=decays["direct"])
-    engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed,
-                             prior=prior_config.prior(prepared.omega, item_graph))
-    prior_report: dict[str, Any] = {}
-    if preset.graph_prior:
-        valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
-        valid = split_cases(prepared.data.sequences, prepared.negatives, "valid", valid_users)
-        chosen, prior_report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam,
-                                                preset.graph_pool,
-                                                mixes=COOC_MIXES if item_graph is not None else (0.0,))
-        prior_config = GraphPriorConfig.model_validate({**prior_config.model_dump(), **chosen})
-        engine.prior = prior_config.prior(prepared.omega, item_graph)
-        logger.info("graph prior chosen on validation: %s", prior_config.model_dump())
-    if not prior_config.uses_item_graph:
-        item_graph = None  # not used by the served ranking: not written to the bundle
-    test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
-    case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
-    protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
-    common = {"dataset": prepared.data.name, "split": "test", "preset": preset.name, "method": "elmrec",
-              "seed": spec.seed, "device": device_name(device),
-              "protocol": {**protocol.model_dump(), "label": protocol.label,
-                           "omega": prepared.omega_config.kind}}
-    direct = evaluate_direct(engine, case, weights=(0.0,))
-    direct_pure = direct.pop("by_weight")["0.0"]
-    sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam)
-    served = prior_config.model_dump()
-    metrics: dict[str, Any] = {
-        "direct": {**common, "task": "direct", **direct, "method": method_name(served, "direct", False)},
-        "sequential": {**common, "task": "sequential", **sequential,
-                       "method": method_name(served, "sequential", False)},
-        "graph_prior": {"chosen": served, "validation": prior_report},
-    }
-    for task in ("direct", "sequential"):
-        if metrics[task]["method"] != "elmrec":  # the T5 alone, beside the served ensemble
-            pure = ({**direct_pure, "users": direct["users"]} if task == "direct" else
-                    evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam, pure=True))
-            metrics[f"{task}_elmrec"] = {**common, "task": task, **pure, "method": "elmrec"}
-    minutes = round((time.monotonic() - started) / 60, 2)
-    metrics.update({
-        "training": {k: state[k] for k in ("step", "epoch", "best_step", "best_score", "stopped")}
-        | {"minutes": minutes, "explanation_examples": explanation_examples,
-           "train_minutes": round(state["train_seconds"] / 60, 2),
-           "best_valid": state.get("best_valid"), "curve": state["curve"]},
-    })
+def bundle_config(spec: RunSpec, preset: Preset, prepared: Prepared, prior: GraphPriorConfig,
+                  model_version: str) -> BundleConfig:
+    """config.json of the run's bundle (also the config the trainer's own engines are assembled from)."""
     data = prepared.data
-    config = BundleConfig(
-        model_version=new_model_version(best.state_dict()),
+    return BundleConfig(
+        model_version=model_version,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         preset=preset.name,
         preset_settings=preset.model_dump(mode="json", exclude={"model"}),
@@ -437,20 +471,112 @@ def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel,
         omega=prepared.omega_config,
         dataset=DatasetInfo(name=data.name, source=str(spec.data), n_users=data.n_users,
                             n_items=data.n_items, n_interactions=data.n_interactions),
-        protocol=protocol,
+        protocol=Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed),
         max_history=preset.max_history,
         rerank_n=prepared.rerank_n,
         beam=preset.beam,
         popular_items=prepared.popular,
-        graph_prior=prior_config,
+        graph_prior=prior,
     )
-    curve = _plot_curve(state["curve"], spec.checkpoint_dir / "curve.png")
-    bundle_data = BundleData(data.sequences, prepared.negatives)
-    return save_bundle(spec.out, config, best.cpu(), prepared.omega, prepared.codec, bundle_data, metrics,
-                       curve, item_graph=item_graph)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
+@dataclass
+class Weights:
+    """The weights a bundle serves: `model` (sequential, or both tasks) and optionally direct's own."""
+
+    model: torch.nn.Module
+    direct: torch.nn.Module | None = None
+
+    @classmethod
+    def chosen(cls, best: Mapping[str, torch.nn.Module]) -> Weights:
+        if "mean" in best:
+            return cls(best["mean"])
+        return cls(best["sequential"], best["direct"])
+
+
+def tune_prior(spec: RunSpec, preset: Preset, prepared: Prepared, weights: Weights,
+               device: torch.device) -> tuple[GraphPriorConfig, ItemGraph | None, dict[str, Any]]:
+    """The graph-score ensemble's settings chosen on validation (all zero when the preset has no prior)."""
+    if not preset.graph_prior:
+        return GraphPriorConfig(), None, {}
+    item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_cooc
+                          else (None, {"direct": 1.0, "sequential": 1.0}))
+    prior = GraphPriorConfig(cooc_decay=decays["sequential"], direct_cooc_decay=decays["direct"])
+    engine = assemble(spec, preset, prepared, weights, prior, item_graph, device)
+    valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
+    valid = split_cases(prepared.data.sequences, prepared.negatives, "valid", valid_users)
+    chosen, report = tune_graph_prior(engine, valid, prepared.rerank_n, preset.beam, preset.graph_pool,
+                                      mixes=COOC_MIXES if item_graph is not None else (0.0,))
+    prior = GraphPriorConfig.model_validate({**prior.model_dump(), **chosen})
+    logger.info("graph prior chosen on validation: %s", prior.model_dump())
+    return prior, item_graph if prior.uses_item_graph else None, report
+
+
+def assemble(spec: RunSpec, preset: Preset, prepared: Prepared, weights: Weights, prior: GraphPriorConfig,
+             item_graph: ItemGraph | None, device: torch.device) -> InferenceEngine:
+    """The engine the bundle will serve, built by the service's own assembly function."""
+    config = bundle_config(spec, preset, prepared, prior, "")
+    return make_engine(config, weights.model, prepared.omega, prepared.codec, item_graph,  # type: ignore[arg-type]
+                       device, direct_model=weights.direct)  # type: ignore[arg-type]
+
+
+def test_metrics(spec: RunSpec, preset: Preset, prepared: Prepared, engine: InferenceEngine,
+                 prior: GraphPriorConfig, device: torch.device) -> dict[str, Any]:
+    """Test figures of the served ranking, and of the model alone beside it when the prior is on."""
+    test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
+    case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
+    protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
+    common = {"dataset": prepared.data.name, "split": "test", "preset": preset.name, "method": "elmrec",
+              "seed": spec.seed, "device": describe_device(device), "model_kind": prepared.model_config.kind,
+              "protocol": {**protocol.model_dump(), "label": protocol.label,
+                           "omega": prepared.omega_config.kind}}
+    direct = evaluate_direct(engine, case, weights=(0.0,))
+    direct_pure = direct.pop("by_weight")["0.0"]
+    sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam)
+    served = prior.model_dump()
+    metrics: dict[str, Any] = {
+        "direct": {**common, "task": "direct", **direct, "method": method_name(served, "direct", False)},
+        "sequential": {**common, "task": "sequential", **sequential,
+                       "method": method_name(served, "sequential", False)},
+    }
+    for task in ("direct", "sequential"):
+        if metrics[task]["method"] != "elmrec":  # the model alone, beside the served ensemble
+            pure = ({**direct_pure, "users": direct["users"]} if task == "direct" else
+                    evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam, pure=True))
+            metrics[f"{task}_elmrec"] = {**common, "task": task, **pure, "method": "elmrec"}
+    return metrics
+
+
+def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: Mapping[str, torch.nn.Module],
+           state: TrainState, device: torch.device, started: float, explanation_examples: int = 0) -> Path:
+    """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
+    weights = Weights.chosen(best)
+    prior, item_graph, prior_report = tune_prior(spec, preset, prepared, weights, device)
+    engine = assemble(spec, preset, prepared, weights, prior, item_graph, device)
+    metrics = test_metrics(spec, preset, prepared, engine, prior, device)
+    metrics["graph_prior"] = {"chosen": prior.model_dump(), "validation": prior_report}
+    capped = state.stopped == "time" and preset.max_steps is not None and state.step < preset.max_steps
+    metrics["training"] = {
+        "step": state.step, "epoch": state.epoch, "stopped": state.stopped,
+        "stopped_by_cap_before_max_steps": capped,
+        "best_step": {key: b.step for key, b in state.best.items()},
+        "best_score": {key: b.score for key, b in state.best.items()},
+        "best_valid": {key: b.valid for key, b in state.best.items()},
+        "minutes": round((time.monotonic() - started) / 60, 2),
+        "train_minutes": round(state.train_seconds / 60, 2),
+        "peak_rss_mb": peak_rss_mb(),
+        "explanation_examples": explanation_examples, "curve": state.curve,
+    }
+    config = bundle_config(spec, preset, prepared, prior, new_model_version(weights.model.state_dict()))
+    curve = _plot_curve(state.curve, spec.checkpoint_dir / "curve.png")
+    bundle_data = BundleData(prepared.data.sequences, prepared.negatives)
+    return save_bundle(spec.out, config, weights.model.cpu(), prepared.omega, prepared.codec,  # type: ignore[arg-type]
+                       bundle_data, metrics, curve, item_graph=item_graph,
+                       direct_model=weights.direct.cpu() if weights.direct is not None else None)  # type: ignore[arg-type]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -19,16 +19,22 @@ from service.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def settings_for(tiny_bundle: Path) -> MakeSettings:
+def service_bundle(tiny_items_bundle: Path) -> Path:
+    """The bundle the service tests serve: the default model kind (items)."""
+    return tiny_items_bundle
+
+
+@pytest.fixture(scope="session")
+def settings_for(service_bundle: Path) -> MakeSettings:
     def build(**overrides: Any) -> Settings:
-        return make_settings(tiny_bundle, **overrides)
+        return make_settings(service_bundle, **overrides)
 
     return build
 
 
 @pytest.fixture(scope="session")
-def bundle(tiny_bundle: Path) -> Bundle:
-    return load_bundle(tiny_bundle)
+def bundle(service_bundle: Path) -> Bundle:
+    return load_bundle(service_bundle)
 
 
 @pytest.fixture(scope="session")

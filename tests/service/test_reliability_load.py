@@ -83,10 +83,10 @@ async def _level(base: str, concurrency: int, seconds: float, seed: int) -> dict
 
 
 @pytest.mark.slow
-async def test_bounded_load_has_no_errors_and_flat_memory(tiny_bundle: Path) -> None:
+async def test_bounded_load_has_no_errors_and_flat_memory(service_bundle: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _serve(tiny_bundle, port)
+    proc = _serve(service_bundle, port)
     try:
         await asyncio.to_thread(_wait_ready, proc, base)
         rounds: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ def _variant(source: Path, target: Path, edit: Any, manifest: bool = True) -> Pa
 
 
 @pytest.fixture(scope="module")
-def versions(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def versions(service_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """v1 (the tiny bundle), v2 (another version whose direct scores differ), and two refused bundles."""
     root = tmp_path_factory.mktemp("reload")
 
@@ -50,10 +50,10 @@ def versions(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         config["model_version"] = "tampered"
 
     return {
-        "v1": tiny_bundle,
-        "v2": _variant(tiny_bundle, root / "v2", v2),
-        "incompatible": _variant(tiny_bundle, root / "incompatible", future_format),
-        "corrupt": _variant(tiny_bundle, root / "corrupt", tampered, manifest=False),  # sha256 mismatch
+        "v1": service_bundle,
+        "v2": _variant(service_bundle, root / "v2", v2),
+        "incompatible": _variant(service_bundle, root / "incompatible", future_format),
+        "corrupt": _variant(service_bundle, root / "corrupt", tampered, manifest=False),  # sha256 mismatch
     }
 
 

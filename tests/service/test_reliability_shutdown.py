@@ -57,11 +57,11 @@ def _wait_in_flight(base: str, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(tiny_bundle: Path) -> None:
+def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(service_bundle: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # a batch waits up to 1 s to fill: the requests are still in flight when SIGTERM arrives
-    proc = _serve(tiny_bundle, port, ELMREC_MAX_WAIT_MS="1000", ELMREC_MAX_BATCH="64",
+    proc = _serve(service_bundle, port, ELMREC_MAX_WAIT_MS="1000", ELMREC_MAX_BATCH="64",
                   ELMREC_SHUTDOWN_TIMEOUT_S="20")
     try:
         _wait_ready(proc, base)

@@ -30,7 +30,7 @@ def test_live_and_ready(client: TestClient) -> None:
 def test_model_describes_the_bundle(client: TestClient, bundle: Bundle) -> None:
     body = client.get("/model").json()
     assert body["model_version"] == bundle.config.model_version
-    assert body["preset"] == "tiny"
+    assert body["preset"] == "tiny-items" and body["model_kind"] == "items"
     assert body["protocol"]["label"] == "honest"
     assert body["dataset"]["n_users"] == 40 and body["dataset"]["n_items"] == 30
     assert body["metrics"]["direct"]["hr@10"] == bundle.metrics["direct"]["hr@10"]
@@ -255,7 +255,7 @@ def test_metrics_exposes_every_named_metric(client: TestClient, bundle: Bundle) 
     assert 'elmrec_inference_batch_size_count{task="sequential"}' in text
     assert 'elmrec_fallbacks_total{kind="popularity"}' in text
     assert 'elmrec_history_store_operations_total{backend="memory",op="get"}' in text
-    info = (f'elmrec_model_info{{backend="torch",device="cpu",preset="tiny",'
+    info = (f'elmrec_model_info{{backend="torch",device="cpu",preset="{bundle.config.preset}",'
             f'version="{bundle.config.model_version}"}} 1.0')
     assert info in text
 

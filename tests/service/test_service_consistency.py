@@ -36,7 +36,9 @@ def test_direct_ranking_equals_the_offline_evaluator(client: TestClient, bundle:
     case = split_cases(bundle.data.sequences, bundle.data.negatives, "test", users)
     candidates = [[target, *negs] for target, negs in zip(case.targets, case.negatives, strict=True)]
     engine = bundle.engine("cpu")
-    offline = engine.score_direct(case.users, candidates)  # exactly what evaluate_direct calls
+    # the evaluator's engine call, given the history the service reads for a known user (the bundle's)
+    offline = engine.score_direct(case.users, candidates,
+                                  histories=[bundle.data.sequences[u] for u in case.users])
     items = bundle.codec.items
     for user, cands, scores in zip(case.users, candidates, offline, strict=True):
         expected = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -129,10 +131,12 @@ def test_batched_equals_unbatched(settings_for: MakeSettings, bundle: Bundle) ->
 
 
 def test_direct_with_cooccurrence_reads_the_served_history(
-    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A prior mixing item co-occurrence into the direct score: served = engine given the user's history;
-    with the store down, a known user is still answered, from the bundle's history."""
+    """A digit-id bundle whose prior mixes item co-occurrence into the direct score (its model alone reads
+    no history): served = engine given the user's history; with the store down, a known user is still
+    answered, from the bundle's history."""
+    bundle = load_bundle(tiny_bundle)
     folder = tmp_path / "cooc"
     shutil.copytree(bundle.path, folder)
     users_e = np.repeat(np.arange(len(bundle.data.sequences)), [len(s) for s in bundle.data.sequences])

@@ -35,9 +35,9 @@ def test_missing_model_dir_is_a_clear_error() -> None:
         _start(app)
 
 
-def test_corrupt_bundle_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_corrupt_bundle_is_refused(service_bundle: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(tiny_bundle, broken)
+    shutil.copytree(service_bundle, broken)
     (broken / "metrics.json").write_text("{}")
     app = create_app(make_settings(broken))
     with pytest.raises(StartupError, match=r"metrics\.json is corrupt"):
@@ -56,18 +56,18 @@ def test_onnx_without_onnxruntime_is_refused(tiny_bundle: Path, monkeypatch: pyt
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
-def test_cuda_without_gpu_is_refused(tiny_bundle: Path) -> None:
-    app = create_app(make_settings(tiny_bundle, DEVICE="cuda"))
+def test_cuda_without_gpu_is_refused(service_bundle: Path) -> None:
+    app = create_app(make_settings(service_bundle, DEVICE="cuda"))
     with pytest.raises(StartupError, match="no CUDA device"):
         _start(app)
 
 
-def test_main_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path) -> None:
+def test_main_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, service_bundle: Path) -> None:
     calls: list[tuple[object, dict[str, object]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     for name in ("HOST", "API_KEY", "REDIS_URL", "LOG_LEVEL"):
         monkeypatch.delenv(f"ELMREC_{name}", raising=False)
-    monkeypatch.setenv("ELMREC_MODEL_DIR", str(tiny_bundle))
+    monkeypatch.setenv("ELMREC_MODEL_DIR", str(service_bundle))
     monkeypatch.setenv("ELMREC_PORT", "8123")
     service_main.main([])
     service_main.main(["--port", "8124", "--host", "127.0.0.1", "--log-level", "debug"])
@@ -81,11 +81,11 @@ def test_main_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, ti
 
 
 @pytest.mark.slow
-def test_python_dash_m_service_serves(tiny_bundle: Path) -> None:
+def test_python_dash_m_service_serves(service_bundle: Path) -> None:
     """The real entry point in a subprocess (slow: a fresh interpreter imports torch)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELMREC_")}
-    env.update(ELMREC_MODEL_DIR=str(tiny_bundle), ELMREC_PORT=str(port), ELMREC_HOST="127.0.0.1",
+    env.update(ELMREC_MODEL_DIR=str(service_bundle), ELMREC_PORT=str(port), ELMREC_HOST="127.0.0.1",
                ELMREC_DEVICE="cpu", ELMREC_LOG_LEVEL="warning", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
