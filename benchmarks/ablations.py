@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from model_store.device import describe
 
 RESULTS = Path(__file__).parent / "results"
 DOC = Path(__file__).parents[1] / "docs" / "RESULTS.md"
@@ -35,7 +36,7 @@ def _stamp() -> str:
 
 
 def _device() -> str:
-    return f"cpu ({os.cpu_count()} cores)"
+    return describe("cpu")
 
 
 def _write(sweep: str, dataset: str, payload: dict[str, Any]) -> Path:
@@ -195,7 +196,7 @@ def tables() -> str:
     return "\n".join(out)
 
 
-def report(args: argparse.Namespace) -> None:
+def report(_args: argparse.Namespace) -> None:
     text = DOC.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block")

@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import torch
 
-from benchmarks.engine import RESULTS, device_name, environment, write_json
+from benchmarks.engine import RESULTS, environment, write_json
 from model_store.bundle import Bundle, load_bundle
+from model_store.device import describe
 from model_store.errors import BundleError
 
 DESCRIPTION = (__doc__ or "") + """
@@ -153,8 +154,8 @@ def service_info(url: str, headers: dict[str, str], timeout: float) -> dict[str,
 def served_device(kind: str) -> str:
     """The service's device in words (it runs on this machine: loopback only)."""
     if kind.startswith("cuda") and torch.cuda.is_available():
-        return device_name(torch.device(kind))
-    return device_name(torch.device("cpu")) if kind == "cpu" else kind
+        return describe(torch.device(kind))
+    return describe(torch.device("cpu")) if kind == "cpu" else kind
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:

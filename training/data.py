@@ -540,3 +540,24 @@ def load_data(path: Path, **kwargs: Any) -> InteractionData:
     if path.is_file():
         return load_interactions_file(path, **kwargs)
     raise DataError(f"{path}: no such file or directory")
+
+
+def subset_users(data: InteractionData, n: int) -> InteractionData:
+    """The first n users in file order, items re-indexed by first appearance; negatives regenerated."""
+    if n < 1:
+        raise DataError(f"--limit-users must be >= 1, got {n}")
+    keep = data.sequences[:n]
+    mapping: dict[int, int] = {}
+    for seq in keep:
+        for item in seq:
+            mapping.setdefault(item, len(mapping))
+    old = list(mapping)
+    return InteractionData(
+        name=data.name,
+        user_ids=data.user_ids[:n],
+        item_ids=[data.item_ids[i] for i in old],
+        sequences=[[mapping[i] for i in seq] for seq in keep],
+        negatives=None,
+        p5_user_numbers=data.p5_user_numbers[:n] if data.p5_user_numbers else None,
+        p5_item_numbers=[data.p5_item_numbers[i] for i in old] if data.p5_item_numbers else None,
+    )
