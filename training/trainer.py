@@ -33,10 +33,12 @@ from model_store.engine import InferenceEngine
 from model_store.errors import DataError
 from model_store.item_graph import ItemGraph
 from model_store.model import ElmrecModel
-from model_store.omega import Omega, random_omega, spectral_omega
+from model_store.omega import Omega, build_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
+from training.baselines.harness import Harness
+from training.baselines.simple import tune_decay
 from training.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from training.data import InteractionData, load_data
+from training.data import InteractionData, load_data, subset_users
 from training.evaluate import (
     evaluate_direct,
     evaluate_sequential,
@@ -99,35 +101,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def subset_users(data: InteractionData, n: int) -> InteractionData:
-    """The first n users in file order, items re-indexed by first appearance; negatives regenerated."""
-    keep = data.sequences[:n]
-    mapping: dict[int, int] = {}
-    for seq in keep:
-        for item in seq:
-            mapping.setdefault(item, len(mapping))
-    old = list(mapping)
-    return InteractionData(
-        name=data.name,
-        user_ids=data.user_ids[:n],
-        item_ids=[data.item_ids[i] for i in old],
-        sequences=[[mapping[i] for i in seq] for seq in keep],
-        negatives=None,
-        p5_user_numbers=data.p5_user_numbers[:n] if data.p5_user_numbers else None,
-        p5_item_numbers=[data.p5_item_numbers[i] for i in old] if data.p5_item_numbers else None,
-    )
-
-
-def build_omega(config: OmegaConfig, n_users: int, n_items: int, users: np.ndarray,
-                items: np.ndarray) -> Omega:
-    """Ω from TRAIN edges only (the caller passes train_edges of the split)."""
-    if config.kind == "random":
-        return random_omega(n_users, n_items, users, items, dim=config.dim, sigma=config.sigma,
-                            layers=config.layers, seed=config.seed, include_e0=config.include_e0)
-    return spectral_omega(n_users, n_items, users, items, k=config.dim, layers=config.layers,
-                          include_e0=config.include_e0, sigma=config.sigma, solver=config.solver)
 
 
 def prepare(spec: RunSpec, preset: Preset) -> Prepared:
@@ -366,14 +339,12 @@ def train(spec: RunSpec) -> Path:
 COOC_MIXES = (0.0, 0.5, 0.8, 1.0)  # shares of the co-occurrence score tried in the sequential graph score
 
 
-def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, dict[str, float]]:
+def cooc_graph(prepared: Prepared) -> tuple[ItemGraph, dict[str, float]]:
     """The TRAIN item co-occurrence graph and its recency decay per task, chosen on validation exactly
     as the ItemKNN baseline chooses its own (same similarity, same validation users)."""
-    from training.baselines import Harness, tune_decay  # baselines imports this module
-
     users, items = train_edges(prepared.split)
     harness = Harness(prepared.data.n_users, prepared.data.n_items, users, items)
-    decays = {task: tune_decay(harness, prepared.data.sequences, prepared.negatives, task, seed)
+    decays = {task: tune_decay(harness, prepared.data.sequences, prepared.negatives, task)
               for task in ("direct", "sequential")}
     return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decays
 
@@ -381,7 +352,7 @@ def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, dict[str, floa
 def finish(spec: RunSpec, preset: Preset, prepared: Prepared, best: ElmrecModel, state: dict[str, Any],
            device: torch.device, started: float, explanation_examples: int = 0) -> Path:
     """Tune the graph-score ensemble on validation, test metrics with the best weights, then the bundle."""
-    item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_prior and preset.graph_cooc
+    item_graph, decays = (cooc_graph(prepared) if preset.graph_prior and preset.graph_cooc
                           else (None, {"direct": 1.0, "sequential": 1.0}))
     prior_config = GraphPriorConfig(cooc_decay=decays["sequential"], direct_cooc_decay=decays["direct"])
     engine = InferenceEngine(best, prepared.builder, prepared.id_tokens, device, seed=spec.seed,
