@@ -102,7 +102,7 @@ def rerank(args: argparse.Namespace) -> None:
     from model_store.bundle import load_bundle
     from model_store.engine import filter_rerank
     from training.evaluate import sample_users, split_cases
-    from training.metrics import rank_in_list, summarize
+    from training.metrics import rank_if_present, summarize
 
     torch.set_num_threads(args.threads)
     bundle = load_bundle(Path(args.bundle))
@@ -120,7 +120,7 @@ def rerank(args: argparse.Namespace) -> None:
             for i, items in zip(chunk, generated, strict=True):
                 for n in args.ns:
                     kept = filter_rerank(items, case.histories[i], 10, n, True)
-                    ranks[kind][n].append(rank_in_list([s.item for s in kept], case.targets[i]))
+                    ranks[kind][n].append(rank_if_present({s.item: s.score for s in kept}, case.targets[i]))
     rows = [{"n": n, **{kind: dict(summarize(ranks[kind][n])) for kind in ranks}} for n in args.ns]
     path = _write("rerank-n", bundle.config.dataset.name, {
         "device": _device(), "bundle": args.bundle, "split": args.split, "users": len(users), "beam": width,

@@ -16,6 +16,7 @@ from model_store.bundle import Bundle
 from model_store.device import describe, resolve_device
 from model_store.engine import InferenceEngine, Scored, filter_rerank
 from model_store.errors import DataError
+from model_store.topk import top_k_items
 from training.metrics import CUTOFFS, rank_if_present, rank_with_ties_against, summarize
 from training.ranking import EngineRanker, Ranker
 from training.records import MetricRecord, ProtocolRecord, Task
@@ -247,9 +248,9 @@ def tune_graph_prior(
             ranks = []
             for scores, (items, graph), h, t in zip(exact, pools[mix], case.histories, case.targets,
                                                     strict=True):
-                ranked = sorted((Scored(i, scores[i] + w * float(z))
-                                 for i, z in zip(items, prior.standardised(graph), strict=True)),
-                                key=lambda s: (-s.score, s.item))
+                combined = {i: scores[i] + w * float(z)
+                            for i, z in zip(items, prior.standardised(graph), strict=True)}
+                ranked = [Scored(i, s) for i, s in top_k_items(combined)]
                 ranks.append(_listed_rank(filter_rerank(ranked, h, 10, extra, True), t))
             seq_report[key("λ", mix, w)] = summarize(ranks)["ndcg@10"]
     direct_mix, direct_weight = direct_settings[max(direct_report, key=lambda k: direct_report[k])]

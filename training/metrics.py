@@ -37,11 +37,3 @@ def rank_with_ties_against(scores: Mapping[int, float], positive: int) -> int:
 def rank_if_present(scores: Mapping[int, float], positive: int) -> int | None:
     """`rank_with_ties_against` when `positive` was ranked (is in `scores`), else None (a miss)."""
     return rank_with_ties_against(scores, positive) if positive in scores else None
-
-
-def rank_in_list(ranked: Sequence[int], positive: int) -> int | None:
-    """0-based position of `positive` in a ranked list, None when absent."""
-    for position, item in enumerate(ranked):
-        if item == positive:
-            return position
-    return None
