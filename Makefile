@@ -27,6 +27,7 @@ test: install
 
 lint: install
 	$(PYTHON) -m ruff check .
+	lint-imports
 
 typecheck: install
 	$(PYTHON) -m mypy

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from model_store.device import describe
 
 RESULTS = Path(__file__).parent / "results"
 DOC = Path(__file__).parents[1] / "docs" / "RESULTS.md"
@@ -35,7 +36,7 @@ def _stamp() -> str:
 
 
 def _device() -> str:
-    return f"cpu ({os.cpu_count()} cores)"
+    return describe("cpu")
 
 
 def _write(sweep: str, dataset: str, payload: dict[str, Any]) -> Path:
@@ -101,7 +102,7 @@ def rerank(args: argparse.Namespace) -> None:
     from model_store.bundle import load_bundle
     from model_store.engine import filter_rerank
     from training.evaluate import sample_users, split_cases
-    from training.metrics import rank_in_list, summarize
+    from training.metrics import rank_if_present, summarize
 
     torch.set_num_threads(args.threads)
     bundle = load_bundle(Path(args.bundle))
@@ -119,7 +120,7 @@ def rerank(args: argparse.Namespace) -> None:
             for i, items in zip(chunk, generated, strict=True):
                 for n in args.ns:
                     kept = filter_rerank(items, case.histories[i], 10, n, True)
-                    ranks[kind][n].append(rank_in_list([s.item for s in kept], case.targets[i]))
+                    ranks[kind][n].append(rank_if_present({s.item: s.score for s in kept}, case.targets[i]))
     rows = [{"n": n, **{kind: dict(summarize(ranks[kind][n])) for kind in ranks}} for n in args.ns]
     path = _write("rerank-n", bundle.config.dataset.name, {
         "device": _device(), "bundle": args.bundle, "split": args.split, "users": len(users), "beam": width,
@@ -195,7 +196,7 @@ def tables() -> str:
     return "\n".join(out)
 
 
-def report(args: argparse.Namespace) -> None:
+def report(_args: argparse.Namespace) -> None:
     text = DOC.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block")

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,9 +21,11 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
+from model_store.device import describe
 from model_store.engine import InferenceEngine, Scored
 from model_store.model import EOS_ID, PAD_ID
 from model_store.prompts import pad_encoder
+from model_store.topk import top_k_items
 from model_store.trie import ItemTrie
 
 DESCRIPTION = (__doc__ or "") + """
@@ -61,7 +62,7 @@ class RestrictedVocabulary(LogitsProcessor):
     def __init__(self, output_tokens: torch.Tensor) -> None:
         self.tokens = output_tokens
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:  # noqa: ARG002
         out = torch.full_like(scores, -torch.inf)
         out[:, self.tokens] = torch.log_softmax(scores[:, self.tokens].float(), dim=-1).to(scores.dtype)
         return out  # type: ignore[return-value]
@@ -179,7 +180,7 @@ class GenerateBaseline:
                 item = trie.item(tokens[:end])
                 if item is not None and item not in found:
                     found[item] = float(scores[j])
-            results.append(sorted((Scored(i, s) for i, s in found.items()), key=lambda s: (-s.score, s.item)))
+            results.append(ranked(found))
         return results
 
     def direct(
@@ -203,7 +204,7 @@ class GenerateBaseline:
 # -- measuring ----------------------------------------------------------------------------------------
 def ranked(scores: dict[int, float]) -> list[Scored]:
     """Items by score, best first (ties: lower index first, as the engine ranks)."""
-    return [Scored(i, s) for i, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return [Scored(i, s) for i, s in top_k_items(scores)]
 
 
 def same_answers(
@@ -255,12 +256,6 @@ class Clock:
 def _chunks(n: int, size: int) -> Iterator[range]:
     for start in range(0, n, size):
         yield range(start, min(n, start + size))
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def package_version(name: str) -> str | None:
@@ -418,7 +413,7 @@ def _run(
         }
     return {
         "benchmark": "engine",
-        "device": device_name(engine.device),
+        "device": describe(engine.device),
         "preset": bundle.config.preset,
         "dataset": bundle.config.dataset.name,
         "users": n,

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.engine import RESULTS, device_name, environment, torch_threads, write_json
+from benchmarks.engine import RESULTS, environment, torch_threads, write_json
+from model_store.device import describe
 
 DESCRIPTION = (__doc__ or "") + """
 
@@ -61,7 +62,7 @@ def _run(bundle_dir: Path, device: str, limit_users: int | None, graph: bool, co
     prior = bundle.config.graph_prior.model_dump()
     return {
         "benchmark": "eval_speed",
-        "device": device_name(engine.device),
+        "device": describe(engine.device),
         "preset": bundle.config.preset,
         "dataset": bundle.config.dataset.name,
         "users": n,

@@ -11,6 +11,7 @@ import numpy as np
 
 from model_store.errors import DataError
 from model_store.omega import Omega, random_omega, spectral_omega
+from training.split import leave_one_out, train_edges
 
 
 @dataclass
@@ -57,14 +58,14 @@ def load_p5(folder: Path) -> Beauty:
                 raise DataError(f"{neg_path}:{line_no}: unknown item {exc.args[0]}") from None
     if any(n is None for n in negatives) or len({len(n or []) for n in negatives}) != 1:
         raise DataError(f"{neg_path}: every user needs the same number of negatives")
-    train_users = np.fromiter((u for u, s in enumerate(sequences) for _ in s[:-2]), dtype=np.int64)
-    train_items = np.fromiter((i for s in sequences for i in s[:-2]), dtype=np.int64)
+    split = leave_one_out(sequences)
+    train_users, train_items = train_edges(split)
     return Beauty(
         n_users=len(sequences),
         n_items=len(item_index),
         train_users=train_users,
         train_items=train_items,
-        test=np.array([s[-1] for s in sequences], dtype=np.int64),
+        test=split.test,
         negatives=np.array(negatives, dtype=np.int64),
     )
 

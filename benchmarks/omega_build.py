@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from model_store.device import describe
 from model_store.errors import DataError
 
 RESULTS = Path(__file__).parent / "results"
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "benchmark": "omega_build",
-        "device": f"cpu ({os.cpu_count()} cores)",
+        "device": describe("cpu"),
         "threads": {var: os.environ.get(var, "1") for var in THREAD_VARS},
         "protocol": ("training edges only (leave-one-out); one fresh subprocess per build; seconds = "
                      "perf_counter around the build from edge arrays; build_peak_mb = VmHWM after - VmRSS "

@@ -42,7 +42,7 @@ def write_result(result: dict[str, Any], command: str) -> Path:
 
 
 def baselines(args: argparse.Namespace) -> None:
-    from training.baselines import run_baselines
+    from training.baselines.runner import run_baselines
 
     for task in args.tasks:
         for result in run_baselines(Path(args.data), task, split=args.split, id_scheme=args.id_scheme,

@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import torch
 
-from benchmarks.engine import RESULTS, device_name, environment, write_json
+from benchmarks.engine import RESULTS, environment, write_json
 from model_store.bundle import Bundle, load_bundle
+from model_store.device import describe
 from model_store.errors import BundleError
 
 DESCRIPTION = (__doc__ or "") + """
@@ -153,8 +154,8 @@ def service_info(url: str, headers: dict[str, str], timeout: float) -> dict[str,
 def served_device(kind: str) -> str:
     """The service's device in words (it runs on this machine: loopback only)."""
     if kind.startswith("cuda") and torch.cuda.is_available():
-        return device_name(torch.device(kind))
-    return device_name(torch.device("cpu")) if kind == "cpu" else kind
+        return describe(torch.device(kind))
+    return describe(torch.device("cpu")) if kind == "cpu" else kind
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -242,6 +243,21 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _invalid(args: argparse.Namespace) -> str | None:
+    """What is wrong with the load settings, or None."""
+    if not is_loopback(args.url):
+        return f"--url {args.url}: only loopback hosts (127.0.0.0/8, ::1, localhost) are accepted"
+    if any(c < 1 or c > 1024 for c in args.concurrency):
+        return "--concurrency: every level must be between 1 and 1024"
+    if not 0 < args.duration <= 600:
+        return "--duration must be in (0, 600] seconds"
+    if args.requests is not None and args.requests < 1:
+        return "--requests must be >= 1"
+    if args.timeout <= 0 or args.warmup < 0 or args.k < 1 or args.candidates < 1 or args.bodies < 1:
+        return "--timeout, --k, --candidates and --bodies must be positive, --warmup >= 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,16 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replot", action="store_true",
                    help="send no request: draw the --plot-also files into --plot and stop")
     args = p.parse_args(argv)
-    if not is_loopback(args.url):
-        p.error(f"--url {args.url}: only loopback hosts (127.0.0.0/8, ::1, localhost) are accepted")
-    if any(c < 1 or c > 1024 for c in args.concurrency):
-        p.error("--concurrency: every level must be between 1 and 1024")
-    if not 0 < args.duration <= 600:
-        p.error("--duration must be in (0, 600] seconds")
-    if args.requests is not None and args.requests < 1:
-        p.error("--requests must be >= 1")
-    if args.timeout <= 0 or args.warmup < 0 or args.k < 1 or args.candidates < 1 or args.bodies < 1:
-        p.error("--timeout, --k, --candidates and --bodies must be positive, --warmup >= 0")
+    if (problem := _invalid(args)) is not None:
+        p.error(problem)
     earlier = []
     for extra in args.plot_also:
         try:

@@ -22,7 +22,7 @@ from model_store.prompts import EncoderBatch, IdTokens, PromptBuilder, pad_encod
 from model_store.trie import ItemTrie
 
 
-@dataclass
+@dataclass(frozen=True)
 class GraphPrior:
     """Ensemble of the T5 score with a graph score: an option beyond the paper, off when weights are 0.
 

@@ -60,13 +60,13 @@ class GroupedT5Decoder(nn.Module):
         attn = self.bias_attention
         query = torch.arange(start, start + length, device=device)[:, None]
         memory = torch.arange(start + length, device=device)[None, :]
-        buckets = T5Attention._relative_position_bucket(
+        buckets: torch.Tensor = T5Attention._relative_position_bucket(  # type: ignore[no-untyped-call]
             memory - query,
             bidirectional=False,
             num_buckets=attn.relative_attention_num_buckets,
             max_distance=attn.relative_attention_max_distance,
         )
-        bias = attn.relative_attention_bias(buckets).permute(2, 0, 1)
+        bias: torch.Tensor = attn.relative_attention_bias(buckets).permute(2, 0, 1)
         causal = (memory > query).to(bias.dtype) * NEG_INF
         return bias + causal
 

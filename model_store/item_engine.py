@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from model_store.engine import GraphPrior, InferenceEngine, Scored
 from model_store.item_model import ItemElmrecModel, decoder_tokens
@@ -53,6 +54,7 @@ class ItemInferenceEngine(InferenceEngine):
         return np.concatenate(out) if out else np.zeros((0, n_items), dtype=np.float32)
 
     # -- direct -----------------------------------------------------------------------------
+    @override
     def score_direct(
         self,
         users: Sequence[int | None],
@@ -74,6 +76,7 @@ class ItemInferenceEngine(InferenceEngine):
                 for u, s, r, h in zip(users, out, rows, hists, strict=True)]
 
     # -- sequential -------------------------------------------------------------------------
+    @override
     def score_items(
         self, users: Sequence[int | None], histories: Sequence[Sequence[int]], items: Sequence[Sequence[int]]
     ) -> list[dict[int, float]]:
@@ -81,6 +84,7 @@ class ItemInferenceEngine(InferenceEngine):
         logp = self.log_probs(histories)
         return [{int(i): float(logp[n, int(i)]) for i in row} for n, row in enumerate(items)]
 
+    @override
     def _beam_all(
         self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int
     ) -> list[list[Scored]]:

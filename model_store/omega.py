@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from model_store.config import OmegaConfig
 from model_store.errors import BundleError, DataError
 
 Side = Literal["user", "item"]
@@ -350,3 +351,13 @@ def fold_in(omega: Omega, neighbours: np.ndarray, side: str = "user") -> np.ndar
     elif omega.kind != "random":
         raise BundleError(f"unknown Ω kind {omega.kind!r}")
     return np.asarray(row, dtype=np.float32)
+
+
+def build_omega(config: OmegaConfig, n_users: int, n_items: int, users: np.ndarray,
+                items: np.ndarray) -> Omega:
+    """Ω of `config` from TRAIN edges only (the caller passes the split's train edges)."""
+    if config.kind == "random":
+        return random_omega(n_users, n_items, users, items, dim=config.dim, sigma=config.sigma,
+                            layers=config.layers, seed=config.seed, include_e0=config.include_e0)
+    return spectral_omega(n_users, n_items, users, items, k=config.dim, layers=config.layers,
+                          include_e0=config.include_e0, sigma=config.sigma, solver=config.solver)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from model_store.omega import Omega
+from model_store.topk import top_k_indices
 
 
 def retrieve(omega: Omega, user_row: np.ndarray, k: int, exclude: Iterable[int] = ()) -> list[int]:
@@ -15,11 +16,7 @@ def retrieve(omega: Omega, user_row: np.ndarray, k: int, exclude: Iterable[int] 
     blocked = np.fromiter(set(exclude), dtype=np.int64)
     if blocked.size:
         scores[blocked] = -np.inf
-    k = max(0, min(k, int(np.isfinite(scores).sum())))
-    if k == 0:
-        return []
-    top = np.argpartition(-scores, k - 1)[:k]
-    return [int(i) for i in sorted(top, key=lambda i: (-scores[i], i))]
+    return [int(i) for i in top_k_indices(scores, k)]
 
 
 def popular(popular_items: Sequence[int], k: int, exclude: Iterable[int] = ()) -> list[int]:

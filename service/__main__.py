@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     """SIGTERM outside uvicorn's handling: before it serves, or re-raised by it after a graceful shutdown."""
     raise SystemExit(0)
 

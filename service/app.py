@@ -40,7 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.close()
 
 
-async def service_error(request: Request, exc: Exception) -> JSONResponse:
+async def service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"Retry-After": "1"} if exc.status_code == 503 else None
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
@@ -61,7 +61,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 body, safe to render whatever the client sent (the default handler 500s on some)."""
     assert isinstance(exc, RequestValidationError)
     errors = json_safe(jsonable_encoder(exc.errors(), custom_encoder={bytes: json_safe}))

@@ -121,11 +121,7 @@ class MicroBatcher(Generic[JobT, ResultT]):
     async def _run(self, batch: list[_Pending[JobT, ResultT]], retry: bool = False) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        if self.metrics is not None:
-            self.metrics.inference_batch_size.labels(task=self.task).observe(len(batch))
-            if not retry:
-                for pending in batch:
-                    self.metrics.queue_wait.labels(task=self.task).observe(started - pending.enqueued)
+        self._observe_start(batch, started, retry)
         error: Exception | None = None
         results: list[ResultT] = []
         try:
@@ -149,6 +145,15 @@ class MicroBatcher(Generic[JobT, ResultT]):
                         len(batch), type(error).__name__, error)
             for pending in batch:
                 await self._run([pending], retry=True)
+
+    def _observe_start(self, batch: list[_Pending[JobT, ResultT]], started: float, retry: bool) -> None:
+        """Batch size, and each request's queue wait (first try only)."""
+        if self.metrics is None:
+            return
+        self.metrics.inference_batch_size.labels(task=self.task).observe(len(batch))
+        if not retry:
+            for pending in batch:
+                self.metrics.queue_wait.labels(task=self.task).observe(started - pending.enqueued)
 
     def _checked(self, jobs: list[JobT]) -> list[ResultT]:
         results = list(self.run_batch(jobs))

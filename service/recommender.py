@@ -16,6 +16,7 @@ from model_store.bundle import Bundle
 from model_store.engine import InferenceEngine, Scored, filter_rerank
 from model_store.omega import fold_in
 from model_store.retrieval import popular, retrieve
+from model_store.topk import top_k_items
 from service.batching import MicroBatcher
 from service.errors import BadRequestError, StoreUnavailableError, UnknownItemsError
 from service.metrics import ServiceMetrics
@@ -60,8 +61,7 @@ class SequentialJob:
 
 def top_k(scores: dict[int, float], k: int) -> list[Scored]:
     """Best first; ties broken by the lower dense index, as `InferenceEngine.rank_direct` does."""
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [Scored(item, score) for item, score in ranked[:k]]
+    return [Scored(item, score) for item, score in top_k_items(scores, k)]
 
 
 def run_direct_batch(engine: InferenceEngine, jobs: Sequence[DirectJob]) -> list[list[Scored]]:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model_store.bundle import Bundle, load_bundle
+from model_store.device import resolve_device as torch_device
 from model_store.engine import InferenceEngine, Scored
-from model_store.errors import BundleError
+from model_store.errors import BundleError, DataError
 from model_store.omega import fold_in
 from service.batching import MicroBatcher
 from service.errors import BadRequestError, ServiceError, StartupError, StoreUnavailableError
@@ -38,13 +38,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(choice: str) -> str:
-    """auto -> cuda when a GPU is visible, else cpu; cuda without a GPU is a startup error."""
-    has_cuda = torch.cuda.is_available()
-    if choice == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if choice == "cuda" and not has_cuda:
-        raise StartupError("ELMREC_DEVICE=cuda but torch sees no CUDA device; use ELMREC_DEVICE=auto or cpu")
-    return choice
+    """ELMREC_DEVICE -> "cpu" / "cuda" (`model_store.device`); a bad choice is a startup error."""
+    try:
+        return str(torch_device(choice))
+    except DataError as exc:
+        raise StartupError(f"ELMREC_DEVICE: {exc}") from exc
 
 
 def warm_up(engine: InferenceEngine, bundle: Bundle, beam: int) -> float:
@@ -145,10 +143,15 @@ def serve_bundle(
     return ServedModel(bundle, engine, recommender, direct, sequential)
 
 
-def load_and_warm(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine]:
-    """Load and verify a bundle, build its engine and warm it up (in a thread of its own)."""
+def load_engine(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine]:
+    """Load and verify a bundle and build its engine (startup and reload: one way to load)."""
     bundle = load_bundle(path)
-    engine = bundle.engine(device, backend)
+    return bundle, bundle.engine(device, backend)
+
+
+def load_and_warm(path: Path, device: str, backend: str) -> tuple[Bundle, InferenceEngine]:
+    """`load_engine`, then the warm-up (a reload, in a thread of its own)."""
+    bundle, engine = load_engine(path, device, backend)
     warm_up(engine, bundle, max(MIN_BEAM, bundle.config.beam))
     return bundle, engine
 
@@ -232,10 +235,10 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
     loop = asyncio.get_running_loop()
     try:
         try:
-            bundle = await loop.run_in_executor(executor, load_bundle, settings.MODEL_DIR)
+            bundle, engine = await loop.run_in_executor(executor, load_engine, settings.MODEL_DIR, device,
+                                                        settings.BACKEND)
         except BundleError as exc:
             raise StartupError(f"cannot load the bundle (ELMREC_MODEL_DIR): {exc}") from exc
-        engine = await loop.run_in_executor(executor, bundle.engine, device, settings.BACKEND)
         try:
             store = make_store(settings.REDIS_URL, settings.REDIS_PREFIX, settings.HISTORY_MAX_LEN,
                                settings.REDIS_TIMEOUT_S, metrics)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model_store.device import CHOICES
 from model_store.errors import DataError, ElmrecError
 from training.presets import PRESETS
 
@@ -71,11 +72,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _baselines(args: argparse.Namespace) -> int:
-    from training.baselines import run_baselines
+    from training.baselines.runner import run_baselines
 
     results = run_baselines(Path(args.data), args.task, split=args.split, id_scheme=args.id_scheme,
                             limit_users=args.limit_users, seed=args.seed, methods=args.methods,
-                            max_minutes=args.max_minutes)
+                            max_minutes=args.max_minutes, test_users=args.test_users)
     _print(results, args.json)
     return 0
 
@@ -105,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", default="auto", choices=CHOICES)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset setting, e.g. --set max_steps=1500 --set model.dropout=0.1")
     t.add_argument("--reviews", default=None, help="jsonl {user, item, text} to train explanation")
@@ -120,9 +121,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--bundle", required=True)
     e.add_argument("--task", required=True, choices=["direct", "sequential"])
     e.add_argument("--split", default="test", choices=["valid", "test"])
-    e.add_argument("--limit-users", type=int, default=None)
+    e.add_argument("--limit-users", type=int, default=None,
+                   help="the first N users (default: the users of the bundle's own metrics.json)")
     e.add_argument("--filter-history", action=argparse.BooleanOptionalAction, default=True)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--device", default="auto", choices=CHOICES)
     e.add_argument("--pure", action="store_true",
                    help="the T5 alone, without the bundle's graph-score ensemble (if it has one)")
     e.add_argument("--json", action="store_true")
@@ -135,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="test", choices=["valid", "test"])
     b.add_argument("--id-scheme", default="shuffled", choices=["shuffled", "p5"])
     b.add_argument("--limit-users", type=int, default=None)
+    b.add_argument("--test-users", type=int, default=None,
+                   help="score the fixed random sample of N users a bundle with test_users=N is scored on")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--methods", nargs="*", default=None)
     b.add_argument("--max-minutes", type=float, default=None,

@@ -316,7 +316,11 @@ def _parse_time(value: Any) -> float | int:
         return float(value.timestamp())
     if not isinstance(value, str):
         raise ValueError(f"unsupported type {type(value).__name__}")
-    s = value.strip()
+    return _parse_time_text(value.strip())
+
+
+def _parse_time_text(s: str) -> float | int:
+    """A timestamp written as text: integer or float seconds, or an ISO date / datetime."""
     if not s:
         raise ValueError("empty")
     try:
@@ -431,6 +435,51 @@ def _k_core(seqs: dict[str, list[str]], k_core: int) -> tuple[dict[str, list[str
             return seqs, dropped_users, dropped_short
 
 
+_Rows = Iterable[tuple[list[Any], int]]  # the wanted cells of each row, with the row's (line) number
+
+
+def _rows(path: Path, suffix: str, sep: str | None, cols: list[str]) -> tuple[_Rows, str]:
+    """The wanted cells of every row of a Parquet or delimited file, with its number, and the unit of that
+    number ("row" / "line")."""
+    if sep is None and suffix in _PARQUET_SUFFIXES:
+        return _read_parquet(path, cols), "row"
+    if sep is None:
+        if suffix not in _SEP_BY_SUFFIX:
+            raise DataError(
+                f"{path}: cannot infer the separator from the extension {suffix!r}; pass sep "
+                "(.csv, .tsv, .txt and .parquet are recognised)"
+            )
+        sep = _SEP_BY_SUFFIX[suffix]
+    return _read_delimited(path, sep, cols), "line"
+
+
+def _time_ordered(
+    path: Path, rows: _Rows, unit: str, user_col: str, item_col: str,
+    time_col: str | None,
+) -> dict[str, list[str]]:
+    """Per user (first-appearance order), the items sorted by time (stably: ties keep file order)."""
+    per_user: dict[str, list[tuple[float | int, str]]] = {}
+    n_rows = 0
+    for values, line_no in rows:
+        user = _id_cell(path, line_no, unit, values[0], f"user id (column {user_col!r})")
+        item = _id_cell(path, line_no, unit, values[1], f"item id (column {item_col!r})")
+        if time_col is None:
+            t: float | int = n_rows
+        else:
+            try:
+                t = _parse_time(values[2])
+            except (ValueError, TypeError, OverflowError) as e:
+                raise _error(
+                    path, line_no, f"unparsable timestamp {values[2]!r} in column {time_col!r} ({e})", unit
+                ) from e
+        per_user.setdefault(user, []).append((t, item))
+        n_rows += 1
+    if n_rows == 0:
+        raise DataError(f"{path}: no interactions (only a header)")
+    return {user: [item for _, item in sorted(events, key=lambda e: e[0])]
+            for user, events in per_user.items()}
+
+
 def load_interactions_file(
     path: Path,
     user_col: str = "user",
@@ -457,42 +506,8 @@ def load_interactions_file(
     if len(set(cols)) != len(cols):
         raise ValueError(f"user_col, item_col and time_col must differ, got {cols}")
 
-    rows: Iterable[tuple[list[Any], int]]
-    if sep is None and suffix in _PARQUET_SUFFIXES:
-        rows, unit = _read_parquet(path, cols), "row"
-    else:
-        if sep is None:
-            if suffix not in _SEP_BY_SUFFIX:
-                raise DataError(
-                    f"{path}: cannot infer the separator from the extension {suffix!r}; pass sep "
-                    "(.csv, .tsv, .txt and .parquet are recognised)"
-                )
-            sep = _SEP_BY_SUFFIX[suffix]
-        rows, unit = _read_delimited(path, sep, cols), "line"
-
-    per_user: dict[str, list[tuple[float | int, str]]] = {}
-    n_rows = 0
-    for values, line_no in rows:
-        user = _id_cell(path, line_no, unit, values[0], f"user id (column {user_col!r})")
-        item = _id_cell(path, line_no, unit, values[1], f"item id (column {item_col!r})")
-        if time_col is None:
-            t: float | int = n_rows
-        else:
-            try:
-                t = _parse_time(values[2])
-            except (ValueError, TypeError, OverflowError) as e:
-                raise _error(
-                    path, line_no, f"unparsable timestamp {values[2]!r} in column {time_col!r} ({e})", unit
-                ) from e
-        per_user.setdefault(user, []).append((t, item))
-        n_rows += 1
-    if n_rows == 0:
-        raise DataError(f"{path}: no interactions (only a header)")
-
-    seqs: dict[str, list[str]] = {}
-    for user, events in per_user.items():
-        events.sort(key=lambda e: e[0])  # list.sort is stable: ties keep file order
-        seqs[user] = [item for _, item in events]
+    rows, unit = _rows(path, suffix, sep, cols)
+    seqs = _time_ordered(path, rows, unit, user_col, item_col, time_col)
     n_users_before = len(seqs)
     n_items_before = len({i for s in seqs.values() for i in s})
 
@@ -540,3 +555,24 @@ def load_data(path: Path, **kwargs: Any) -> InteractionData:
     if path.is_file():
         return load_interactions_file(path, **kwargs)
     raise DataError(f"{path}: no such file or directory")
+
+
+def subset_users(data: InteractionData, n: int) -> InteractionData:
+    """The first n users in file order, items re-indexed by first appearance; negatives regenerated."""
+    if n < 1:
+        raise DataError(f"--limit-users must be >= 1, got {n}")
+    keep = data.sequences[:n]
+    mapping: dict[int, int] = {}
+    for seq in keep:
+        for item in seq:
+            mapping.setdefault(item, len(mapping))
+    old = list(mapping)
+    return InteractionData(
+        name=data.name,
+        user_ids=data.user_ids[:n],
+        item_ids=[data.item_ids[i] for i in old],
+        sequences=[[mapping[i] for i in seq] for seq in keep],
+        negatives=None,
+        p5_user_numbers=data.p5_user_numbers[:n] if data.p5_user_numbers else None,
+        p5_item_numbers=[data.p5_item_numbers[i] for i in old] if data.p5_item_numbers else None,
+    )

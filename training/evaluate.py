@@ -1,18 +1,28 @@
-"""Offline evaluation through the shared inference engine: HR@5/10, NDCG@5/10, honest protocol."""
+"""Offline evaluation: one `evaluate(ranker, case, task)` for every method (HR@5/10, NDCG@5/10, one tie
+rule), the bundle's own evaluation, and the validation tuning of the graph prior."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from model_store.bundle import Bundle
+from model_store.device import describe, resolve_device
 from model_store.engine import InferenceEngine, Scored, filter_rerank
 from model_store.errors import DataError
-from training.metrics import rank_in_list, rank_with_ties_against, summarize
+from model_store.topk import top_k_items
+from training.metrics import CUTOFFS, rank_if_present, rank_with_ties_against, summarize
+from training.ranking import EngineRanker, Ranker
+from training.records import MetricRecord, ProtocolRecord, Task
+from training.split import held_out
+
+BATCH_USERS = {"direct": 32, "sequential": 64}  # users per ranker call (the engine's batch shapes)
 
 
 @dataclass
@@ -30,47 +40,86 @@ def split_cases(
     users: Sequence[int] | None = None,
 ) -> EvalCase:
     """valid: history = train part, target = second-last; test: history = all but last, target = last."""
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     chosen = list(range(len(sequences))) if users is None else list(users)
-    cut = 2 if split == "valid" else 1
-    histories = [list(sequences[u][:-cut]) for u in chosen]
-    targets = [int(sequences[u][-cut]) for u in chosen]
-    negs = [[n for n in negatives[u] if n != targets[i]] for i, u in enumerate(chosen)]
-    return EvalCase(chosen, histories, targets, negs)
+    cuts = [held_out(sequences[u], split) for u in chosen]
+    negs = [[n for n in negatives[u] if n != target] for u, (_, target) in zip(chosen, cuts, strict=True)]
+    return EvalCase(chosen, [h for h, _ in cuts], [t for _, t in cuts], negs)
 
 
 def _batches(n: int, size: int) -> list[range]:
     return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def evaluate(
+    ranker: Ranker, case: EvalCase, task: Task, batch_users: int | None = None, progress: bool = False,
+) -> dict[str, Any]:
+    """HR/NDCG@5/10 of `ranker` on `case`, ties counted against the held-out item for every method.
+
+    direct: the held-out item among its candidates by `score_candidates`; sequential: its place in
+    `recommend(k=10)` (absent = a miss), history-filtered as the headline and `unfiltered` beside.
+    A rank is the number of other items scoring strictly higher plus those scoring equal.
+    """
+    if task not in BATCH_USERS:
+        raise ValueError(f"task must be 'direct' or 'sequential', got {task!r}")
+    k = max(CUTOFFS)
+    ranks: dict[bool, list[int | None]] = {True: [], False: []}
+    start = time.perf_counter()
+    for chunk in tqdm(_batches(len(case.users), batch_users or BATCH_USERS[task]), disable=not progress,
+                      desc=task):
+        users = [case.users[i] for i in chunk]
+        hists = [case.histories[i] for i in chunk]
+        targets = [case.targets[i] for i in chunk]
+        if task == "direct":
+            cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
+            scores = ranker.score_candidates(users, hists, cands)
+            ranks[True].extend(rank_with_ties_against(s, t) for s, t in zip(scores, targets, strict=True))
+            continue
+        for filtered in (True, False):
+            lists = ranker.recommend(users, hists, k, filtered)
+            ranks[filtered].extend(_listed_rank(items, t) for items, t in zip(lists, targets, strict=True))
+    out: dict[str, Any] = summarize(ranks[True])
+    if task == "sequential":
+        out["unfiltered"] = summarize(ranks[False])
+    out.update(users=len(case.users), seconds=round(time.perf_counter() - start, 2))
+    return out
+
+
+@dataclass
+class GraphWeighted(EngineRanker):
+    """Direct ranking with the engine's T5 scores + w · z(graph score) at a chosen weight (None = the
+    prior's own); the T5 pass is kept per (user, candidates) in `cache`, shared between weights."""
+
+    weight: float | None = None
+    cache: dict[tuple[int, tuple[int, ...]], dict[int, float]] = field(default_factory=dict)
+
+    def score_candidates(
+        self, users: Sequence[int], histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]
+    ) -> list[dict[int, float]]:
+        keys = [(int(u), tuple(c)) for u, c in zip(users, candidates, strict=True)]
+        missing = [n for n, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            t5 = self.engine.score_direct([users[n] for n in missing], [list(candidates[n]) for n in missing],
+                                          pure=True)
+            self.cache.update((keys[n], s) for n, s in zip(missing, t5, strict=True))
+        return [self.engine.with_graph(u, self.cache[key], self.weight, history=h)
+                for u, key, h in zip(users, keys, histories, strict=True)]
+
+
 def evaluate_direct(
     engine: InferenceEngine, case: EvalCase, batch_users: int = 32, progress: bool = False,
     pure: bool = False, weights: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Rank the positive among its candidates by exact likelihood; ties count against the positive.
-
-    `weights`: also report, from the same T5 pass, the ranking with each graph-score weight
-    (`by_weight`, weight 0 = the T5 alone).
-    """
-    ranks: list[int | None] = []
-    extra: dict[float, list[int | None]] = {w: [] for w in weights}
-    start = time.perf_counter()
-    for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="direct"):
-        users = [case.users[i] for i in chunk]
-        cands = [[case.targets[i], *case.negatives[i]] for i in chunk]
-        hists = [case.histories[i] for i in chunk]
-        t5 = engine.score_direct(users, cands, pure=True, histories=hists)
-        scores = [engine.with_graph(u, s, 0.0 if pure else None, history=h)
-                  for u, s, h in zip(users, t5, hists, strict=True)]
-        ranks.extend(rank_with_ties_against(s, case.targets[i]) for s, i in zip(scores, chunk, strict=True))
-        for w in weights:
-            extra[w].extend(rank_with_ties_against(engine.with_graph(u, s, w, history=h), case.targets[i])
-                            for u, s, h, i in zip(users, t5, hists, chunk, strict=True))
-    out: dict[str, Any] = summarize(ranks)
-    if weights:
-        out["by_weight"] = {str(w): summarize(r) for w, r in extra.items()}
-    out.update(users=len(case.users), seconds=round(time.perf_counter() - start, 2))
+    """`evaluate` of the engine on direct; `weights`: also the ranking with each graph-score weight from
+    the same T5 pass (`by_weight`, weight 0 = the T5 alone)."""
+    if not weights:
+        return evaluate(EngineRanker(engine, 0, pure=pure), case, "direct", batch_users, progress)
+    cache: dict[tuple[int, tuple[int, ...]], dict[int, float]] = {}
+    out = evaluate(GraphWeighted(engine, 0, weight=0.0 if pure else None, cache=cache), case, "direct",
+                   batch_users, progress)
+    out["by_weight"] = {}
+    for w in weights:
+        result = evaluate(GraphWeighted(engine, 0, weight=w, cache=cache), case, "direct", batch_users)
+        out["by_weight"][str(w)] = {key: result[key] for key in summarize([])}
     return out
 
 
@@ -78,26 +127,9 @@ def evaluate_sequential(
     engine: InferenceEngine, case: EvalCase, extra: int, beam: int = 20, batch_users: int = 64,
     progress: bool = False, pure: bool = False,
 ) -> dict[str, Any]:
-    """Constrained beam over all items; top-level figures are history-filtered, `unfiltered` beside."""
-    filtered: list[int | None] = []
-    unfiltered: list[int | None] = []
-    k = 10
-    width = max(beam, k + extra)
-    start = time.perf_counter()
-    for chunk in tqdm(_batches(len(case.users), batch_users), disable=not progress, desc="sequential"):
-        users = [case.users[i] for i in chunk]
-        hists = [case.histories[i] for i in chunk]
-        generated = engine.beam_sequential(users, hists, width, pure=pure)
-        for i, items in zip(chunk, generated, strict=True):
-            target = case.targets[i]
-            keep = filter_rerank(items, case.histories[i], k, extra, True)
-            plain = filter_rerank(items, case.histories[i], k, extra, False)
-            filtered.append(rank_in_list([s.item for s in keep], target))
-            unfiltered.append(rank_in_list([s.item for s in plain], target))
-    out: dict[str, Any] = summarize(filtered)
-    out["unfiltered"] = summarize(unfiltered)
-    out.update(users=len(case.users), seconds=round(time.perf_counter() - start, 2),
-               rerank_n=extra, beam=width)
+    """`evaluate` of the engine on sequential (constrained beam, rerank of `extra`), with its settings."""
+    out = evaluate(EngineRanker(engine, extra, beam, pure), case, "sequential", batch_users, progress)
+    out.update(rerank_n=extra, beam=max(beam, max(CUTOFFS) + extra))
     return out
 
 
@@ -109,42 +141,47 @@ def sample_users(n_users: int, n: int | None, seed: int) -> list[int]:
     return sorted(int(u) for u in rng.choice(n_users, size=n, replace=False))
 
 
+def bundle_users(bundle: Bundle, limit_users: int | None = None) -> list[int]:
+    """The users a bundle's test metrics were computed on (its preset's `test_users`, sampled with its
+    seed), or the first `limit_users` in file order."""
+    n_users = bundle.codec.n_users
+    if limit_users is not None:
+        if limit_users < 1:
+            raise DataError(f"--limit-users must be >= 1, got {limit_users}")
+        return list(range(min(limit_users, n_users)))
+    test_users = bundle.config.preset_settings.get("test_users")
+    return sample_users(n_users, None if test_users is None else int(test_users), bundle.config.protocol.seed)
+
+
 def evaluate_bundle(
-    bundle: Any, task: str, split: str, limit_users: int | None, filter_history: bool = True,
+    bundle: Bundle, task: Task, split: str, limit_users: int | None, filter_history: bool = True,
     device: str = "auto", progress: bool = False, pure: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a loaded bundle on its recorded data; the JSON result names its protocol and device."""
-    import os
-
-    import torch
-
-    if limit_users is not None and limit_users < 1:
-        raise DataError(f"--limit-users must be >= 1, got {limit_users}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    engine = bundle.engine(dev)
-    n = bundle.codec.n_users if limit_users is None else min(limit_users, bundle.codec.n_users)
-    case = split_cases(bundle.data.sequences, bundle.data.negatives, split, list(range(n)))
-    if task == "direct":
-        result = evaluate_direct(engine, case, progress=progress, pure=pure)
-    else:
-        result = evaluate_sequential(engine, case, extra=bundle.config.rerank_n, beam=bundle.config.beam,
-                                     progress=progress, pure=pure)
+    """Evaluate a loaded bundle on its recorded data (by default the users of its metrics.json, so the
+    figures reproduce); the JSON result names its protocol and device."""
+    dev = resolve_device(device)
+    ranker = EngineRanker(bundle.engine(dev), bundle.config.rerank_n, bundle.config.beam, pure)
+    case = split_cases(bundle.data.sequences, bundle.data.negatives, split, bundle_users(bundle, limit_users))
+    result = evaluate(ranker, case, task, progress=progress)
+    if task == "sequential":
+        result.update(rerank_n=ranker.extra, beam=max(ranker.beam, max(CUTOFFS) + ranker.extra))
         if not filter_history:
             unfiltered = result.pop("unfiltered")
-            filtered = {k: result[k] for k in unfiltered}
+            result["filtered"] = {k: result[k] for k in unfiltered}
             result.update(unfiltered)
-            result["filtered"] = filtered
-    protocol = bundle.config.protocol
-    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    result.update(
-        task=task, split=split, dataset=bundle.config.dataset.name, preset=bundle.config.preset,
-        method=method_name(bundle.config.graph_prior.model_dump(), task, pure), seed=protocol.seed,
-        device=dev_name, model_version=bundle.config.model_version,
-        filter_history=filter_history,
-        protocol={**protocol.model_dump(), "label": protocol.label, "omega": bundle.config.omega.kind},
-    )
-    return result
+    config = bundle.config
+    record = MetricRecord.model_validate({
+        **result, "task": task, "split": split, "dataset": config.dataset.name, "preset": config.preset,
+        "method": method_name(config.graph_prior.model_dump(), task, pure), "seed": config.protocol.seed,
+        "device": describe(dev), "model_version": config.model_version, "filter_history": filter_history,
+        "protocol": ProtocolRecord.of(config.protocol, config.omega.kind),
+    })
+    return record.dump()
+
+
+def _listed_rank(items: Sequence[Scored], target: int) -> int | None:
+    """The rank of `target` in a recommendation list by the one tie rule (absent = None)."""
+    return rank_if_present({s.item: s.score for s in items}, target)
 
 
 def method_name(prior: dict[str, float], task: str, pure: bool) -> str:
@@ -175,7 +212,7 @@ def tune_graph_prior(
     if any(m > 0 for m in mixes) and prior.item_graph is None:
         raise ValueError("a co-occurrence mix > 0 needs the prior's item graph")
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
-                             pure=True, histories=case.histories)
+                             pure=True)
     only_omega = tuple(mixes) == (0.0,)
 
     def key(symbol: str, mix: float, w: float) -> str:
@@ -193,16 +230,14 @@ def tune_graph_prior(
             direct_report[key("μ", mix, w)] = summarize(ranks)["ndcg@10"]
     width = max(beam, 10 + extra)
     generated = engine.beam_sequential(case.users, case.histories, width, pure=True)
-    pure_ranks = [rank_in_list([s.item for s in filter_rerank(g, h, 10, extra, True)], t)
+    pure_ranks = [_listed_rank(filter_rerank(g, h, 10, extra, True), t)
                   for g, h, t in zip(generated, case.histories, case.targets, strict=True)]
     seq_report: dict[str, float] = {"beam-only": summarize(pure_ranks)["ndcg@10"]}
-    saved = prior.pool, prior.cooc_mix
     pools: dict[float, list[tuple[list[int], np.ndarray]]] = {}
     for mix in mixes:
-        prior.pool, prior.cooc_mix = pool, mix
-        pools[mix] = [prior.sequential_pool(h, [s.item for s in g])
+        trial = dataclasses.replace(prior, pool=pool, cooc_mix=mix)
+        pools[mix] = [trial.sequential_pool(h, [s.item for s in g])
                       for h, g in zip(case.histories, generated, strict=True)]
-    prior.pool, prior.cooc_mix = saved
     union = [list(dict.fromkeys(i for mix in mixes for i in pools[mix][u][0]))
              for u in range(len(case.users))]
     exact = engine.score_items(case.users, case.histories, union)
@@ -213,10 +248,10 @@ def tune_graph_prior(
             ranks = []
             for scores, (items, graph), h, t in zip(exact, pools[mix], case.histories, case.targets,
                                                     strict=True):
-                ranked = sorted((Scored(i, scores[i] + w * float(z))
-                                 for i, z in zip(items, prior.standardised(graph), strict=True)),
-                                key=lambda s: (-s.score, s.item))
-                ranks.append(rank_in_list([s.item for s in filter_rerank(ranked, h, 10, extra, True)], t))
+                combined = {i: scores[i] + w * float(z)
+                            for i, z in zip(items, prior.standardised(graph), strict=True)}
+                ranked = [Scored(i, s) for i, s in top_k_items(combined)]
+                ranks.append(_listed_rank(filter_rerank(ranked, h, 10, extra, True), t))
             seq_report[key("λ", mix, w)] = summarize(ranks)["ndcg@10"]
     direct_mix, direct_weight = direct_settings[max(direct_report, key=lambda k: direct_report[k])]
     best_seq = max(seq_report, key=lambda k: seq_report[k])

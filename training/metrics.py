@@ -1,9 +1,10 @@
-"""Ranking metrics: HR@k and NDCG@k from the 0-based rank of the held-out item (None = not ranked)."""
+"""Ranking metrics: HR@k and NDCG@k from the 0-based rank of the held-out item (None = not ranked), and
+the one tie rule: every other item scoring at least as high as the held-out one ranks above it."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 CUTOFFS: tuple[int, ...] = (5, 10)
 
@@ -27,15 +28,12 @@ def summarize(ranks: Sequence[int | None], cutoffs: Iterable[int] = CUTOFFS) -> 
     return out
 
 
-def rank_with_ties_against(scores: dict[int, float], positive: int) -> int:
+def rank_with_ties_against(scores: Mapping[int, float], positive: int) -> int:
     """0-based rank of `positive` when every other item with an equal score is ranked above it."""
     target = scores[positive]
     return sum(1 for item, s in scores.items() if item != positive and s >= target)
 
 
-def rank_in_list(ranked: Sequence[int], positive: int) -> int | None:
-    """0-based position of `positive` in a ranked list, None when absent."""
-    for position, item in enumerate(ranked):
-        if item == positive:
-            return position
-    return None
+def rank_if_present(scores: Mapping[int, float], positive: int) -> int | None:
+    """`rank_with_ties_against` when `positive` was ranked (is in `scores`), else None (a miss)."""
+    return rank_with_ties_against(scores, positive) if positive in scores else None

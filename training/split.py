@@ -9,7 +9,9 @@ import numpy as np
 
 from model_store.errors import DataError
 
-__all__ = ["Split", "leave_one_out", "train_edges"]
+__all__ = ["HELD_OUT", "Split", "held_out", "leave_one_out", "train_edges"]
+
+HELD_OUT = {"valid": 2, "test": 1}  # position from the end of the held-out item of each split
 
 
 @dataclass
@@ -33,10 +35,19 @@ def leave_one_out(sequences: Sequence[Sequence[int]]) -> Split:
     for u, seq in enumerate(sequences):
         if len(seq) < 3:
             raise DataError(f"sequences, user index {u}: {len(seq)} item(s); leave-one-out needs at least 3")
-        train.append([int(i) for i in seq[:-2]])
-        valid[u] = int(seq[-2])
-        test[u] = int(seq[-1])
+        history, valid[u] = held_out(seq, "valid")
+        train.append(history)
+        test[u] = held_out(seq, "test")[1]
     return Split(train=train, valid=valid, test=test)
+
+
+def held_out(sequence: Sequence[int], split: str) -> tuple[list[int], int]:
+    """The leave-one-out cut: (history, held-out item); valid: (train part, second-last), test: (all
+    but the last, last)."""
+    if split not in HELD_OUT:
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    cut = HELD_OUT[split]
+    return [int(i) for i in sequence[:-cut]], int(sequence[-cut])
 
 
 def train_edges(split: Split) -> tuple[np.ndarray, np.ndarray]:

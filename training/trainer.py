@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +33,16 @@ from model_store.bundle import (
 )
 from model_store.codec import SCHEMES, IdCodec
 from model_store.config import ModelConfig, OmegaConfig
-from model_store.device import describe_device, resolve_device
+from model_store.device import describe, resolve_device
 from model_store.engine import InferenceEngine
 from model_store.errors import DataError
 from model_store.item_graph import ItemGraph
-from model_store.omega import Omega, random_omega, spectral_omega
+from model_store.omega import Omega, build_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
+from training.baselines.harness import Harness
+from training.baselines.simple import tune_decay
 from training.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from training.data import InteractionData, load_data
+from training.data import InteractionData, load_data, subset_users
 from training.evaluate import (
     evaluate_direct,
     evaluate_sequential,
@@ -98,35 +101,6 @@ class Prepared:
     omega_config: OmegaConfig
     rerank_n: int
     popular: list[int]
-
-
-def subset_users(data: InteractionData, n: int) -> InteractionData:
-    """The first n users in file order, items re-indexed by first appearance; negatives regenerated."""
-    keep = data.sequences[:n]
-    mapping: dict[int, int] = {}
-    for seq in keep:
-        for item in seq:
-            mapping.setdefault(item, len(mapping))
-    old = list(mapping)
-    return InteractionData(
-        name=data.name,
-        user_ids=data.user_ids[:n],
-        item_ids=[data.item_ids[i] for i in old],
-        sequences=[[mapping[i] for i in seq] for seq in keep],
-        negatives=None,
-        p5_user_numbers=data.p5_user_numbers[:n] if data.p5_user_numbers else None,
-        p5_item_numbers=[data.p5_item_numbers[i] for i in old] if data.p5_item_numbers else None,
-    )
-
-
-def build_omega(config: OmegaConfig, n_users: int, n_items: int, users: np.ndarray,
-                items: np.ndarray) -> Omega:
-    """Ω from TRAIN edges only (the caller passes train_edges of the split)."""
-    if config.kind == "random":
-        return random_omega(n_users, n_items, users, items, dim=config.dim, sigma=config.sigma,
-                            layers=config.layers, seed=config.seed, include_e0=config.include_e0)
-    return spectral_omega(n_users, n_items, users, items, k=config.dim, layers=config.layers,
-                          include_e0=config.include_e0, sigma=config.sigma, solver=config.solver)
 
 
 def prepare(spec: RunSpec, preset: Preset) -> Prepared:
@@ -286,9 +260,7 @@ class Trainer:
         self.best = {key: copy.deepcopy(self.model) for key in self.state.best}
         self.valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
         self.steps_per_epoch = len(self._plan(0))
-        total = self.steps_per_epoch * preset.epochs
-        if preset.max_steps is not None:
-            total = min(total, preset.max_steps)
+        total = self.steps_per_epoch * preset.epochs  # not cut by max_steps: resumed = straight
         self.scheduler = schedule(preset.schedule, self.optimizer, preset.warmup_steps, max(total, 1))
         self.losses: list[float] = []
 
@@ -313,8 +285,10 @@ class Trainer:
         self.state = TrainState.from_json(raw)
         if self.state.stopped in ("time", "max-steps"):
             self.state.stopped = ""  # an interrupted run goes on; a finished or early-stopped one does not
-        for _ in range(self.state.step):
-            self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule replayed to the global step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.state.step):
+                self.scheduler.step()
         logger.info("resumed from %s at step %d", self.spec.checkpoint_dir, self.state.step)
 
     def train_step(self, entry: PlanEntry) -> float:
@@ -446,14 +420,12 @@ def _finish_distributed() -> None:
 COOC_MIXES = (0.0, 0.5, 0.8, 1.0)  # shares of the co-occurrence score tried in the sequential graph score
 
 
-def cooc_graph(prepared: Prepared, seed: int) -> tuple[ItemGraph, dict[str, float]]:
+def cooc_graph(prepared: Prepared) -> tuple[ItemGraph, dict[str, float]]:
     """The TRAIN item co-occurrence graph and its recency decay per task, chosen on validation exactly
     as the ItemKNN baseline chooses its own (same similarity, same validation users)."""
-    from training.baselines import Harness, tune_decay  # baselines imports this module
-
     users, items = train_edges(prepared.split)
     harness = Harness(prepared.data.n_users, prepared.data.n_items, users, items)
-    decays = {task: tune_decay(harness, prepared.data.sequences, prepared.negatives, task, seed)
+    decays = {task: tune_decay(harness, prepared.data.sequences, prepared.negatives, task)
               for task in ("direct", "sequential")}
     return ItemGraph(harness.item_similarity().astype(np.float32).tocsr()), decays
 
@@ -499,7 +471,7 @@ def tune_prior(spec: RunSpec, preset: Preset, prepared: Prepared, weights: Weigh
     """The graph-score ensemble's settings chosen on validation (all zero when the preset has no prior)."""
     if not preset.graph_prior:
         return GraphPriorConfig(), None, {}
-    item_graph, decays = (cooc_graph(prepared, spec.seed) if preset.graph_cooc
+    item_graph, decays = (cooc_graph(prepared) if preset.graph_cooc
                           else (None, {"direct": 1.0, "sequential": 1.0}))
     prior = GraphPriorConfig(cooc_decay=decays["sequential"], direct_cooc_decay=decays["direct"])
     engine = assemble(spec, preset, prepared, weights, prior, item_graph, device)
@@ -527,7 +499,7 @@ def test_metrics(spec: RunSpec, preset: Preset, prepared: Prepared, engine: Infe
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
     protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
     common = {"dataset": prepared.data.name, "split": "test", "preset": preset.name, "method": "elmrec",
-              "seed": spec.seed, "device": describe_device(device), "model_kind": prepared.model_config.kind,
+              "seed": spec.seed, "device": describe(device), "model_kind": prepared.model_config.kind,
               "protocol": {**protocol.model_dump(), "label": protocol.label,
                            "omega": prepared.omega_config.kind}}
     direct = evaluate_direct(engine, case, weights=(0.0,))

@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 
 from model_store.errors import DataError
-from training.baselines import Harness, evaluate_scorer, popularity_scorer, run_baselines
-from training.baselines_mf import (
-    BatchScorer,
-    FitInputs,
-    Fitted,
-    LightGCNConfig,
-    fit_als,
-    fit_bpr,
-    fit_lightgcn,
-    learned_scorer,
-    valid_cases,
-)
-from training.baselines_sasrec import SASRecConfig, fit_sasrec
+from training.baselines.fitting import FitInputs, Fitted, fit_inputs, fit_learned
+from training.baselines.harness import Harness
+from training.baselines.lightgcn import LightGCNConfig, fit_lightgcn
+from training.baselines.mf import fit_als, fit_bpr
+from training.baselines.runner import run_baselines
+from training.baselines.sasrec import SASRecConfig, fit_sasrec
+from training.baselines.simple import popularity_table
 from training.cli import main
-from training.evaluate import split_cases
+from training.evaluate import evaluate, split_cases
 from training.negatives import p5_negatives
+from training.ranking import TableRanker
 from training.split import leave_one_out, train_edges
 
 CLUSTERS, SIZE = 30, 10  # 300 items in 30 clusters of 10
@@ -45,8 +40,7 @@ def inputs_for(sequences: list[list[int]], max_minutes: float = 1.0,
     negatives = negatives or p5_negatives(sequences, 99, seed=1)
     users, items = train_edges(leave_one_out(sequences))
     harness = Harness(len(sequences), CLUSTERS * SIZE, users, items)
-    return FitInputs(harness, [s[:-2] for s in sequences], valid_cases(sequences, negatives), 0,
-                     max_minutes), negatives
+    return fit_inputs(harness, sequences, negatives, 0, max_minutes), negatives
 
 
 FAST = {
@@ -64,13 +58,13 @@ def test_each_learned_baseline_beats_popularity_on_planted_structure(method: str
     inputs, negatives = inputs_for(sequences)
     fitted: Fitted = FAST[method](inputs)
     case = split_cases(sequences, negatives, "test")
-    pop = popularity_scorer(inputs.harness)
+    pop = TableRanker(popularity_table(inputs.harness))
     for task in ("direct", "sequential"):
-        ours = evaluate_scorer(BatchScorer(fitted.scorers[task], case), case, task, 0)["ndcg@10"]
-        base = evaluate_scorer(pop, case, task, 0)["ndcg@10"]
+        ours = evaluate(TableRanker(fitted.scorers[task]), case, task)["ndcg@10"]
+        base = evaluate(pop, case, task)["ndcg@10"]
         assert ours > base + 0.2, (method, task, ours, base)
     if method == "sasrec":  # the order inside a cluster is deterministic: the next item is learnable
-        seq = evaluate_scorer(BatchScorer(fitted.scorers["sequential"], case), case, "sequential", 0)
+        seq = evaluate(TableRanker(fitted.scorers["sequential"]), case, "sequential")
         assert seq["unfiltered"]["hr@5"] > 0.8
 
 
@@ -100,40 +94,23 @@ def test_tuning_and_fit_see_no_test_item() -> None:
     reports = []
     for seqs in (sequences, moved):
         inputs, negatives = inputs_for(seqs, negatives=same)
-        case = split_cases(seqs, negatives, "test")
         for task in ("direct", "sequential"):
-            _, extra = learned_scorer("als", inputs.harness, seqs, negatives, case, task, 0)
+            _, extra = fit_learned("als", fit_als, inputs.harness, seqs, negatives, task, 0)
             fit = {k: v for k, v in extra["fit"].items() if k not in ("minutes", "shared_with_other_task")}
             reports.append((task, extra["hyperparameters"], fit))
     assert reports[:2] == reports[2:]
     assert len(reports[0][2]["grid"]) > 1  # a real choice was made
 
 
-def test_batch_scorer_serves_the_same_scores_as_one_user_calls() -> None:
-    rng = np.random.default_rng(0)
-    table = rng.normal(size=(50, 20))
-    calls: list[int] = []
-
-    def fn(users: list[int], histories: list[list[int]]) -> np.ndarray:
-        calls.append(len(users))
-        return np.stack([table[u] + len(h) for u, h in zip(users, histories, strict=True)])
-
-    sequences = [[int(x) for x in rng.integers(0, 20, size=5)] for _ in range(50)]
-    case = split_cases(sequences, [[] for _ in sequences], "test")
-    scorer = BatchScorer(fn, case, batch=16)
-    for u in [*range(50), 7, 3, 49]:
-        assert np.array_equal(scorer(u, case.histories[u]), table[u] + 4)
-    assert np.array_equal(scorer(2, [1, 2]), table[2] + 2)  # another history: a one-user call
-    assert calls == [16, 16, 16, 2, 16, 16, 1, 1]  # blocks from 0, 16, 32, 48, then 7, 3, 49; the odd one
-
-
-def test_ties_are_never_broken_in_the_positives_favour() -> None:
+def test_ties_count_against_the_positive_for_every_method() -> None:
+    """A score table that ties every item ranks every held-out item last: no hit, on either task."""
     sequences = planted()
     negatives = p5_negatives(sequences, 99, seed=1)
     case = split_cases(sequences, negatives, "test")
-    flat = BatchScorer(lambda u, h: np.zeros((len(u), CLUSTERS * SIZE)), case)
-    m = evaluate_scorer(flat, case, "direct", 0)
-    assert 0.05 < m["hr@10"] < 0.16  # random order among 100 candidates: 0.10
+    flat = TableRanker(lambda u, h: np.zeros((len(u), CLUSTERS * SIZE)))
+    assert evaluate(flat, case, "direct")["hr@10"] == 0.0  # was ~0.10 with ties broken at random
+    sequential = evaluate(flat, case, "sequential")
+    assert sequential["hr@10"] == 0.0 and sequential["unfiltered"]["hr@10"] == 0.0
 
 
 def test_harness_rows_carry_settings_and_reuse_the_fit(tiny_data: Path) -> None:

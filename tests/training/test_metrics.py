@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from training.metrics import hit, ndcg, rank_in_list, rank_with_ties_against, summarize
+from training.metrics import hit, ndcg, rank_if_present, rank_with_ties_against, summarize
 
 
 def test_hit_and_ndcg_by_hand() -> None:
@@ -31,6 +31,7 @@ def test_ties_are_ranked_above_the_positive() -> None:
     assert rank_with_ties_against({1: 2.0, 2: 1.0}, 1) == 0
 
 
-def test_rank_in_list() -> None:
-    assert rank_in_list([5, 3, 9], 9) == 2
-    assert rank_in_list([5, 3, 9], 4) is None
+def test_rank_if_present_uses_the_tie_rule_and_misses_absent_items() -> None:
+    assert rank_if_present({5: -1.0, 3: -2.0, 9: -3.0}, 9) == 2
+    assert rank_if_present({5: -1.0, 3: -2.0, 9: -2.0}, 3) == 2  # tied with 9: 9 counts above it
+    assert rank_if_present({5: -1.0, 3: -2.0, 9: -3.0}, 4) is None

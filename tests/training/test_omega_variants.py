@@ -9,8 +9,8 @@ import pytest
 
 from model_store.errors import DataError
 from model_store.omega import random_omega, spectral_omega
-from training.baselines import run_baselines
-from training.omega_variants import OmegaVariant, build_omega, parse_omega
+from training.baselines.omega import OmegaVariant, parse_omega, variant_omega
+from training.baselines.runner import run_baselines
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -39,11 +39,11 @@ def test_malformed_names_are_rejected(name: str) -> None:
 def test_old_names_build_the_same_omega_as_before() -> None:
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 90, 600), rng.integers(0, 70, 600)
-    spectral = build_omega(OmegaVariant("spectral", 64, True), 90, 70, users, items, seed=3)
+    spectral = variant_omega(OmegaVariant("spectral", 64, True), 90, 70, users, items, seed=3)
     reference = spectral_omega(90, 70, users, items, k=64)
     np.testing.assert_array_equal(spectral.users, reference.users)
     assert spectral.params == reference.params
-    random = build_omega(OmegaVariant("random", 512, True), 90, 70, users, items, seed=3)
+    random = variant_omega(OmegaVariant("random", 512, True), 90, 70, users, items, seed=3)
     np.testing.assert_array_equal(random.items, random_omega(90, 70, users, items, dim=512, sigma=1.0,
                                                              seed=3).items)
 

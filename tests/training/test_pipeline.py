@@ -13,6 +13,7 @@ from model_store.omega import normalized_adjacency
 from training.cli import main
 from training.data import load_p5_folder
 from training.split import leave_one_out, train_edges
+from training.trainer import RunSpec, train
 
 BEAUTY = Path(__file__).resolve().parents[2] / "data" / "beauty"
 
@@ -83,4 +84,21 @@ def test_tiny_training_beats_its_own_untrained_start(tiny_bundle: Path) -> None:
     metrics = load_bundle(tiny_bundle).metrics
     curve = metrics["training"]["curve"]
     assert curve[0]["train_loss"] > curve[-1]["train_loss"]
-    assert np.isfinite(metrics["training"]["best_score"])
+    assert np.isfinite(metrics["training"]["best_score"]["mean"])
+
+
+def test_evaluate_reproduces_a_sampled_bundles_metrics_by_default(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle scored on a sample of its users (test_users): evaluate scores the same users, same figures."""
+    bundle = train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "sampled", device="cpu", epochs=1,
+                           overrides={"test_users": 15}))
+    stored = load_bundle(bundle).metrics
+    for task in ("direct", "sequential"):
+        assert main(["evaluate", "--bundle", str(bundle), "--task", task, "--json", "--device", "cpu"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["users"] == stored[task]["users"] == 15
+        assert {k: result[k] for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")} == {
+            k: stored[task][k] for k in ("hr@5", "ndcg@5", "hr@10", "ndcg@10")}
+        if task == "sequential":
+            assert result["unfiltered"] == stored[task]["unfiltered"]

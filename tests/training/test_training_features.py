@@ -10,10 +10,13 @@ import pytest
 from safetensors.numpy import load_file
 
 from model_store.bundle import load_bundle
-from training.baselines import Harness, evaluate_scorer, popularity_scorer, run_baselines
+from training.baselines.harness import Harness
+from training.baselines.runner import run_baselines
+from training.baselines.simple import popularity_table
 from training.data import load_data
-from training.evaluate import sample_users, split_cases
+from training.evaluate import evaluate, sample_users, split_cases
 from training.negatives import negatives_for
+from training.ranking import TableRanker
 from training.split import leave_one_out, train_edges
 from training.trainer import RunSpec, train
 
@@ -107,7 +110,7 @@ def test_baselines_on_the_bundles_test_user_sample(tiny_data: Path) -> None:
     negatives = negatives_for(data)
     harness = Harness(data.n_users, data.n_items, *train_edges(leave_one_out(data.sequences)))
     case = split_cases(data.sequences, negatives, "test", sample_users(data.n_users, 7, 0))
-    expected = evaluate_scorer(popularity_scorer(harness), case, "direct", 0)
+    expected = evaluate(TableRanker(popularity_table(harness)), case, "direct")
     assert sample["ndcg@10"] == pytest.approx(expected["ndcg@10"])
 
 

@@ -8,16 +8,16 @@ method of the harness); the model is not refit on train + validation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from training.baselines_mf import BatchFn, Fitted, early_stopped
+from training.baselines.fitting import EpochPlan, FitInputs, Fitted, early_stopped
+from training.ranking import ScoreTable
 
-if TYPE_CHECKING:
-    from training.baselines_mf import FitInputs
+INPUT = ("next-item logits given the last 50 items of the history (test: train + validation item); "
+         "direct ranks the 100 candidates by these logits, so it sees the validation item")
 
 
 @dataclass
@@ -106,12 +106,12 @@ def fit_sasrec(inputs: FitInputs, config: SASRecConfig | None = None) -> Fitted:
             total, count = total + float(loss.detach()) * int(keep.sum()), count + int(keep.sum())
         return total / max(count, 1)
 
-    def snapshot() -> BatchFn:
+    def snapshot() -> ScoreTable:
         frozen = SASRec(inputs.harness.n_items, cfg)
         frozen.load_state_dict(model.state_dict())
         frozen.eval()
 
-        def scores(users: list[int], histories: list[list[int]]) -> np.ndarray:
+        def scores(users: list[int], histories: list[list[int]]) -> np.ndarray:  # noqa: ARG001
             with torch.inference_mode():
                 states = frozen(pad_left(histories, cfg.maxlen))[:, -1]
                 return frozen.logits(states).numpy()
@@ -119,4 +119,5 @@ def fit_sasrec(inputs: FitInputs, config: SASRecConfig | None = None) -> Fitted:
         return scores
 
     params = {**asdict(cfg), "loss": "full-softmax cross-entropy", "optimizer": "adam"}
-    return early_stopped(inputs, train_epoch, snapshot, params, cfg.max_epochs, cfg.eval_every, cfg.patience)
+    return early_stopped(inputs, train_epoch, snapshot, params,
+                         EpochPlan(cfg.max_epochs, cfg.eval_every, cfg.patience))

@@ -1,0 +1,1 @@
+"""Baselines in ELMRec's harness, layered: harness < fitting < methods < runner (`run_baselines`)."""
