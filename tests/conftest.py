@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from review_fixture import write_reviews
 from shared_paths import SHARED, shared_data_dir  # noqa: F401  (re-exported for tests)
 
 from training.trainer import RunSpec, train
@@ -31,27 +31,6 @@ def write_p5_folder(folder: Path, n_users: int = 40, n_items: int = 30, seed: in
         lines.append(" ".join(str(x) for x in [u, *seq]))
     (folder / "sequential_data.txt").write_text("\n".join(lines) + "\n")
     return folder
-
-
-# The explanation fixture: no review text ships with the data, so each item gets the text of its block
-# of ten consecutive items (the blocks users walk through), learnable from the item alone.
-REVIEW_TEXTS = ("soft and gentle on my skin", "smells lovely and lasts all day",
-                "too sticky, would not buy again")
-
-
-def review_text(item_id: str) -> str:
-    """The fixture's review of any (user, item) pair: the text of the item's block."""
-    return REVIEW_TEXTS[(int(item_id) - 1) // 10 % len(REVIEW_TEXTS)]
-
-
-def write_reviews(data: Path, path: Path) -> Path:
-    """jsonl {user, item, text}: one review per interaction of the P5 folder (train, valid and test pairs)."""
-    rows = []
-    for line in (data / "sequential_data.txt").read_text().splitlines():
-        user, *items = line.split()
-        rows.extend({"user": user, "item": item, "text": review_text(item)} for item in items)
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")

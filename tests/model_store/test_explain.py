@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import review_text
+from review_fixture import review_text
 
 from model_store.bundle import Bundle, load_bundle
 from model_store.explain import MAX_EXPLANATION_TOKENS, Explainer, carries_explanation

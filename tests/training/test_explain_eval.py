@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import review_text
+from review_fixture import review_text
 
 from model_store.bundle import load_bundle
 from model_store.codec import IdCodec
