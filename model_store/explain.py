@@ -77,7 +77,7 @@ class Explainer:
         t5 = self.model.t5
         with self._mode():
             states, mask = self.model.encode("explanation", batch.input_ids, batch.attention_mask, batch.ww)
-            out = t5.generate(  # type: ignore[operator]
+            out = t5.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=states),
                 attention_mask=mask,
                 max_new_tokens=max_tokens,
