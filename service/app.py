@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from service.admin import admin
 from service.errors import ServiceError, StartupError
+from service.explain import explain
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.middleware import BodySizeLimitMiddleware
 from service.routes import health, info, recommend, users
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)
-    for router in (recommend, users, health, info, admin):
+    for router in (recommend, users, explain, health, info, admin):
         app.include_router(router)
     if settings.API_KEY is None:
         app.openapi = key_optional_openapi(app)  # type: ignore[method-assign]

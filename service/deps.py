@@ -17,7 +17,8 @@ from service.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                              description="required on /recommend/* and /users/* when ELMREC_API_KEY is set")
+                              description="required on /recommend/*, /explain and /users/* when "
+                              "ELMREC_API_KEY is set")
 
 
 def get_settings(request: Request) -> Settings:

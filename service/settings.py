@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     REDIS_PREFIX: str = Field(default="elmrec:", min_length=1, max_length=100, description="Redis key prefix")
     REDIS_TIMEOUT_S: float = Field(default=1.0, gt=0, le=30, description="Redis connect and socket timeout")
     API_KEY: SecretStr | None = Field(
-        default=None, description="X-API-Key required on /recommend/* and /users/*; unset = open")
+        default=None, description="X-API-Key required on /recommend/*, /explain and /users/*; unset = open")
     DEVICE: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
     BACKEND: Literal["torch", "onnx"] = Field(
         default="torch", description="onnx: ONNX Runtime (the onnx or onnx-gpu extra; exported on first use)")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset, and a tiny bundle trained on it once per session."""
+"""Shared fixtures: a tiny synthetic dataset, and tiny bundles trained on it once per session."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from review_fixture import write_reviews
 from shared_paths import SHARED, shared_data_dir  # noqa: F401  (re-exported for tests)
 
 from training.trainer import RunSpec, train
@@ -50,5 +51,20 @@ def tiny_items_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path)
     """A tiny bundle of the default model kind (one token per item, sequence-level training)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny-items"
     path = train(RunSpec(data=tiny_data, preset="tiny-items", out=out, device="cpu"))
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_reviews(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    return write_reviews(tiny_data, tmp_path_factory.mktemp("reviews") / "reviews.jsonl")
+
+
+@pytest.fixture(scope="session")
+def explained_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_reviews: Path) -> Path:
+    """A tiny bundle that also trained the explanation task (on the reviews of training pairs only)."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-explained"
+    path = train(RunSpec(data=tiny_data, preset="tiny", out=out, device="cpu", epochs=8,
+                         reviews=tiny_reviews, overrides={"eval_every": 10_000}))
     assert path is not None
     return path

@@ -62,11 +62,22 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_store.bundle import load_bundle
-    from training.evaluate import evaluate_bundle
 
+    if (args.task == "explanation") != (args.reviews is not None):
+        raise DataError("--task explanation needs --reviews FILE (the reviews of held-out pairs are scored), "
+                        "and --reviews applies to --task explanation only")
     bundle = load_bundle(args.bundle)
-    result = evaluate_bundle(bundle, args.task, args.split, args.limit_users, args.filter_history,
-                             args.device, progress=not args.json, pure=args.pure)
+    result: dict[str, Any]
+    if args.task == "explanation":
+        from training.explain_eval import evaluate_explanation
+
+        result = evaluate_explanation(bundle, Path(args.reviews), args.split, args.limit_users, args.device,
+                                      args.max_tokens, args.beams)
+    else:
+        from training.evaluate import evaluate_bundle
+
+        result = evaluate_bundle(bundle, args.task, args.split, args.limit_users, args.filter_history,
+                                 args.device, progress=not args.json, pure=args.pure)
     _print(result, args.json)
     return 0
 
@@ -119,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on its own recorded split")
     e.add_argument("--bundle", required=True)
-    e.add_argument("--task", required=True, choices=["direct", "sequential"])
+    e.add_argument("--task", required=True, choices=["direct", "sequential", "explanation"])
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--limit-users", type=int, default=None,
                    help="the first N users (default: the users of the bundle's own metrics.json)")
@@ -127,6 +138,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=CHOICES)
     e.add_argument("--pure", action="store_true",
                    help="the T5 alone, without the bundle's graph-score ensemble (if it has one)")
+    e.add_argument("--reviews", default=None,
+                   help="explanation: jsonl {user, item, text}; the reviews of the split's held-out pairs "
+                        "are scored (BLEU-4, ROUGE-1/2/L)")
+    e.add_argument("--max-tokens", type=int, default=None,
+                   help="explanation: longest generated text in tokens (default and most: the review length "
+                        "training keeps)")
+    e.add_argument("--beams", type=int, default=1, help="explanation: beam width (1 = greedy)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_evaluate)
 

@@ -99,7 +99,7 @@ class GraphWeighted(EngineRanker):
         missing = [n for n, key in enumerate(keys) if key not in self.cache]
         if missing:
             t5 = self.engine.score_direct([users[n] for n in missing], [list(candidates[n]) for n in missing],
-                                          pure=True)
+                                          pure=True, histories=[histories[n] for n in missing])
             self.cache.update((keys[n], s) for n, s in zip(missing, t5, strict=True))
         return [self.engine.with_graph(u, self.cache[key], self.weight, history=h)
                 for u, key, h in zip(users, keys, histories, strict=True)]
@@ -212,7 +212,7 @@ def tune_graph_prior(
     if any(m > 0 for m in mixes) and prior.item_graph is None:
         raise ValueError("a co-occurrence mix > 0 needs the prior's item graph")
     t5 = engine.score_direct(case.users, [[t, *n] for t, n in zip(case.targets, case.negatives, strict=True)],
-                             pure=True)
+                             pure=True, histories=case.histories)
     only_omega = tuple(mixes) == (0.0,)
 
     def key(symbol: str, mix: float, w: float) -> str:

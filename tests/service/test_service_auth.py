@@ -1,4 +1,7 @@
-"""API key: /recommend/* and /users/* need X-API-Key when ELMREC_API_KEY is set; the rest stays open."""
+"""API key: /recommend/* and /users/* need X-API-Key when ELMREC_API_KEY is set; the rest stays open.
+
+/explain (also keyed) is checked in test_service_explain.py on a bundle that carries the task.
+"""
 
 from __future__ import annotations
 
