@@ -43,6 +43,14 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['method']}{f' ({detail})' if detail else ''}{NOTES.get((row['method'], row['task']), '')}"
 
 
+def _minutes(row: dict[str, Any]) -> Any:
+    """A trained model's training minutes (summed over resumed runs), else the call's wall time.
+
+    A model run's own `minutes` is the wall time of its last process only, which for a resumed run
+    is a fraction of its training."""
+    return row.get("training", {}).get("train_minutes", row.get("minutes", ""))
+
+
 def _order(label: str) -> tuple[int, str]:
     name = label.split(" ")[0]
     return (ORDER.index(name) if name in ORDER else len(ORDER), label)
@@ -58,7 +66,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
         datasets = sorted({r["dataset"] for r in items})
         out.append(f"### {task}, {label} protocol (test split)\n")
         head = "| method | " + " | ".join(f"{d} {m.upper()}" for d in datasets for m in METRICS) + \
-            " | users (per dataset) | device | minutes | seed |"
+            " | users (per dataset) | device | minutes (per dataset) | seed |"
         out.append(head)
         out.append("|" + "---|" * (head.count("|") - 1))
         methods = sorted({_label(r) for r in items}, key=_order)
@@ -66,6 +74,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             cells = []
             meta: dict[str, Any] = {}
             users: list[str] = []
+            minutes: list[str] = []
             for d in datasets:
                 match = [r for r in items if r["dataset"] == d and _label(r) == method]
                 if not match:
@@ -74,9 +83,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 r = match[-1]
                 cells += [f"{r[m]:.4f}" for m in METRICS]
                 users.append(str(r.get("users", "")))
+                minutes.append(str(_minutes(r)))
                 meta = r
             out.append(f"| {method} | " + " | ".join(cells) +
-                       f" | {' / '.join(users)} | {meta.get('device', '')} | {meta.get('minutes', '')} "
+                       f" | {' / '.join(users)} | {meta.get('device', '')} | {' / '.join(minutes)} "
                        f"| {meta.get('seed', '')} |")
         if task == "sequential":
             out.append("\nSequential figures are history-filtered (the product's behaviour); unfiltered "

@@ -12,12 +12,14 @@ Layout (no pickle anywhere):
     item_graph.safetensors  item co-occurrence graph of the graph prior (optional: when its mix > 0)
     curve.png            training curve (optional)
     MANIFEST.sha256      sha256 of every other file, `sha256sum -c` format
+    onnx/                exported ONNX graphs (optional cache; its own MANIFEST.sha256 and stamp)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -46,12 +48,16 @@ from model_store.model import ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tokenizer
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
 MODEL_FILE = "model.safetensors"
 DIRECT_MODEL_FILE = "model_direct.safetensors"  # items kind: weights selected on direct validation (optional)
 M = TypeVar("M", bound=torch.nn.Module)
 ITEM_GRAPH = "item_graph.safetensors"
+ONNX_CACHE = "onnx"  # exported ONNX graphs (model_store.onnx_backend): derived, with a manifest of its own
+_READ_FOLDERS = ("tokenizer",)  # folders whose every file loading reads: an unlisted file there is refused
 REQUIRED = (
     "config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json",
 )
@@ -329,25 +335,40 @@ def save_bundle(
     return path
 
 
-def write_manifest(folder: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+def _manifest_files(folder: Path, skip: Sequence[str]) -> list[str]:
+    """Every file under `folder` (posix paths relative to it) but the manifest and the `skip` folders."""
+    return sorted(
+        rel for p in folder.rglob("*")
+        if p.is_file() and (rel := p.relative_to(folder).as_posix()) != MANIFEST
+        and rel.split("/", 1)[0] not in skip
+    )
+
+
+def write_manifest(folder: Path, skip: Sequence[str] = (ONNX_CACHE,)) -> None:
+    """Write `folder`'s MANIFEST.sha256 over every file except those under the top-level `skip` folders."""
+    lines = [f"{_sha256(folder / rel)}  {rel}" for rel in _manifest_files(folder, skip)]
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def verify_manifest(folder: Path) -> set[str]:
+def verify_manifest(
+    folder: Path, required: Sequence[str] = REQUIRED, skip: Sequence[str] = (ONNX_CACHE,),
+    what: str = "bundle",
+) -> set[str]:
     """Raise BundleError unless every file listed matches its sha256 and every required file is listed.
 
+    A file the manifest does not list is never verified: one that loading would read (under
+    `tokenizer/`, or the item graph) is refused, any other is reported in a warning. Files under the
+    `skip` folders are not this manifest's business (the ONNX graph cache has a manifest of its own).
     Returns the listed file names."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        raise BundleError(f"{folder}: not a bundle ({MANIFEST} is missing)")
+        raise BundleError(f"{folder}: not a {what} ({MANIFEST} is missing)")
     listed: set[str] = set()
     for number, line in enumerate(manifest.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         digest, _, name = line.partition("  ")
-        if not name or len(digest) != 64:
+        if not name or len(digest) != 64 or Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"{manifest}:{number}: malformed manifest line")
         target = folder / name
         if not target.is_file():
@@ -355,9 +376,17 @@ def verify_manifest(folder: Path) -> set[str]:
         if _sha256(target) != digest:
             raise BundleError(f"{folder}: {name} is corrupt (sha256 differs from the manifest)")
         listed.add(name)
-    for name in REQUIRED:
+    for name in required:
         if name not in listed:
             raise BundleError(f"{folder}: required file {name} is not in the manifest")
+    unlisted = [rel for rel in _manifest_files(folder, skip) if rel not in listed]
+    read = [rel for rel in unlisted if rel == ITEM_GRAPH or rel.split("/", 1)[0] in _READ_FOLDERS]
+    if read:
+        raise BundleError(f"{folder}: {', '.join(read)} not in the manifest (unverified files that loading "
+                          "would read)")
+    if unlisted:
+        log.warning("%s: %d file(s) not in the manifest, ignored and unverified: %s", folder, len(unlisted),
+                    ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else ""))
     return listed
 
 

@@ -6,7 +6,8 @@ the encoder mask) and `decoder` (decoder rows + self-attention cache, possibly e
 over the output vocabulary and the extended cache). `OnnxRunner` runs them with IO binding (torch tensors
 bound in place, CPU provider, or CUDA provider on a GPU), so `InferenceEngine`'s beam search and scoring
 run unchanged on top. Exported graphs are cached in `<bundle>/onnx/` (else the user cache) with a stamp
-naming the bundle's manifest digest, so a changed bundle is exported again.
+naming the bundle's manifest digest, so a changed bundle is exported again, and a MANIFEST.sha256 of their
+own (graphs and stamp), so a tampered or damaged cache is refused before ONNX Runtime reads it.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_store.bundle import MANIFEST, verify_manifest, write_manifest
 from model_store.engine import TorchRunner
-from model_store.errors import ElmrecError
+from model_store.errors import BundleError, ElmrecError
 from model_store.fast_decoder import CrossCache, SelfCache
 from model_store.model import ElmrecModel
 from model_store.prompts import EncoderBatch
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1  # bump when the graphs' inputs, outputs or maths change: cached exports are redone
+EXPORT_FORMAT = 2  # bump when the graphs' inputs, outputs, maths or cache layout change: exports are redone
 GRAPHS = ("encoder_direct", "encoder_sequential", "decoder")
 STAMP = "stamp.json"
 PACKAGES = ("onnxruntime", "onnx", "onnxscript")
@@ -225,7 +227,7 @@ def _flatten(args: Sequence[Any]) -> list[np.ndarray]:
 # -- the cache of exported graphs ---------------------------------------------------------------------
 def fingerprint(bundle_path: Path) -> dict[str, Any]:
     """What the exported graphs depend on: the bundle's files (its manifest's digest), the exporter."""
-    manifest = Path(bundle_path) / "MANIFEST.sha256"
+    manifest = Path(bundle_path) / MANIFEST
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     return {"bundle_manifest_sha256": digest, "export_format": EXPORT_FORMAT, "torch": torch.__version__}
 
@@ -245,13 +247,24 @@ def cache_folders(bundle_path: Path, stamp: dict[str, Any]) -> list[Path]:
     return [Path(bundle_path) / "onnx", root / "elmrec" / "onnx" / stamp["bundle_manifest_sha256"][:16]]
 
 
+def verify_cache(folder: Path) -> Path:
+    """`folder`, once its MANIFEST.sha256 vouches for every graph and the stamp; else OnnxBackendError."""
+    try:
+        verify_manifest(folder, required=[*(f"{name}.onnx" for name in GRAPHS), STAMP], skip=(),
+                        what="verified ONNX graph cache")
+    except BundleError as exc:
+        raise OnnxBackendError(f"refusing the ONNX graph cache: {exc}; delete {folder} to export the graphs "
+                               "again") from exc
+    return folder
+
+
 def graph_folder(bundle_path: Path, model: ElmrecModel, cache_dir: Path | None = None) -> Path:
-    """A folder with current exported graphs of this bundle: found in a cache, else exported now."""
+    """A folder with current, verified exported graphs of this bundle: found in a cache, else exported now."""
     stamp = fingerprint(bundle_path)
     folders = [Path(cache_dir)] if cache_dir is not None else cache_folders(bundle_path, stamp)
     for folder in folders:
         if is_current(folder, stamp):
-            return folder
+            return verify_cache(folder)
     problems: list[str] = []
     for folder in folders:
         try:
@@ -263,7 +276,8 @@ def graph_folder(bundle_path: Path, model: ElmrecModel, cache_dir: Path | None =
             log.info("exporting ONNX graphs of %s into %s", bundle_path, folder)
             export_graphs(model, scratch)
             (scratch / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-            return _install(scratch, folder, stamp)
+            write_manifest(scratch, skip=())
+            return verify_cache(_install(scratch, folder, stamp))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     raise OnnxBackendError("no writable folder for the exported ONNX graphs: " + "; ".join(problems))

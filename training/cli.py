@@ -53,10 +53,12 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     """Column flags apply to interaction files only; a P5 folder takes none."""
     if Path(args.data).is_dir():
         return {}
-    options: dict[str, Any] = {"user_col": args.user_col, "item_col": args.item_col,
-                               "time_col": args.time_col, "k_core": args.k_core}
-    if args.sep:
-        options["sep"] = args.sep
+    options: dict[str, Any] = {"k_core": args.k_core}
+    for key in ("user_col", "item_col", "time_col", "sep"):
+        if getattr(args, key):  # unset: recognised from the header (columns) or the extension (sep)
+            options[key] = getattr(args, key)
+    if args.file_order:
+        options["file_order"] = True
     return options
 
 
@@ -104,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train ELMRec and write a bundle")
-    t.add_argument("--data", required=True, help="P5 folder or interactions file (csv/tsv/parquet)")
+    t.add_argument("--data", required=True,
+                   help="P5 folder or interactions file (csv/tsv/parquet, RecBole .inter)")
     t.add_argument("--preset", default="small", choices=list(PRESETS))
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--limit-users", type=int, default=None, help="first N users in file order")
@@ -121,9 +124,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset setting, e.g. --set max_steps=1500 --set model.dropout=0.1")
     t.add_argument("--reviews", default=None, help="jsonl {user, item, text} to train explanation")
-    t.add_argument("--user-col", default="user", help="interaction files: user column")
-    t.add_argument("--item-col", default="item", help="interaction files: item column")
-    t.add_argument("--time-col", default="timestamp", help="interaction files: timestamp column")
+    t.add_argument("--user-col", default=None,
+                   help="interaction files: user column (default: recognised from the header: user, user_id, "
+                        "userId, uid, reviewerID, also as RecBole's user_id:token)")
+    t.add_argument("--item-col", default=None,
+                   help="interaction files: item column (default: recognised: item, item_id, itemId, "
+                        "movieId, asin, product_id)")
+    when = t.add_mutually_exclusive_group()
+    when.add_argument("--time-col", default=None,
+                      help="interaction files: timestamp column, numbers or ISO dates (default: recognised: "
+                           "timestamp, time, ts, unixReviewTime, datetime, date)")
+    when.add_argument("--file-order", action="store_true",
+                      help="interaction files: no timestamp column, rows are already in time order")
     t.add_argument("--sep", default=None, help="interaction files: separator (default from the extension)")
     t.add_argument("--k-core", type=int, default=0, help="interaction files: iterative k-core filter")
     t.set_defaults(func=_train)

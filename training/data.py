@@ -11,7 +11,7 @@ import math
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -36,7 +36,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _P5_LINE = re.compile(r"[0-9]+(?:[ \t]+[0-9]+)*")
 _P5_TOKEN = re.compile(r"[0-9]+")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-_SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+_SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".inter": "\t"}  # .inter: RecBole atomic file
 # Leave-one-out needs a train, a validation and a test item.
 MIN_SEQUENCE_LENGTH = 3
 
@@ -338,19 +338,109 @@ def _parse_time_text(s: str) -> float | int:
     return _parse_time(datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s))
 
 
-def _missing_columns(path: Path, unit_line: int | None, header: list[str], wanted: list[str]) -> None:
-    for col in wanted:
-        count = header.count(col)
-        if count == 0:
+@dataclass(frozen=True)
+class _Role:
+    """One column the loader needs: what it is, the option that names it, the names it recognises."""
+
+    what: str  # "user", "item", "timestamp"
+    option: str  # keyword argument of load_interactions_file (the CLI flag is --user-col etc.)
+    names: tuple[str, ...]  # usual header names, as usually spelled
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+
+_ROLES = (
+    _Role("user", "user_col", ("user", "user_id", "userId", "uid", "reviewerID")),
+    _Role("item", "item_col", ("item", "item_id", "itemId", "movieId", "asin", "product_id")),
+    _Role("timestamp", "time_col", ("timestamp", "time", "ts", "unixReviewTime", "datetime", "date")),
+)
+# RecBole atomic files name a column "field:type" (user_id:token, timestamp:float).
+_RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def _base_name(header_name: str) -> str:
+    """A header name without a RecBole type suffix (``user_id:token`` -> ``user_id``)."""
+    base, colon, kind = header_name.rpartition(":")
+    return base if colon and base and kind in _RECBOLE_TYPES else header_name
+
+
+def _spelling_key(name: str) -> str:
+    """user_id, userId, USER_ID and user_id:token all read as one name."""
+    return _base_name(name).lower().replace("_", "")
+
+
+def _pick_column(path: Path, unit_line: int | None, header: list[str], role: _Role, given: str | None) -> str:
+    """The header name taken for ``role``: ``given`` (exactly, or without a RecBole type), else recognised."""
+    available = ", ".join(map(repr, header))
+    if given is not None:
+        exact = [h for h in header if h == given] or [h for h in header if _base_name(h) == given]
+        if not exact:
+            raise _error(path, unit_line, f"no column {given!r}; available columns: {available}")
+        if len(exact) > 1:
+            raise _error(path, unit_line, f"column {given!r} appears {len(exact)} times in the header")
+        return exact[0]
+    keys = {_spelling_key(n) for n in role.names}
+    found = [h for h in header if _spelling_key(h) in keys]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise _error(
+            path,
+            unit_line,
+            f"ambiguous {role.what} column: {', '.join(map(repr, found))} all look like one; "
+            f"choose with {role.option}= ({role.flag})",
+        )
+    hint = f"name it with {role.option}= ({role.flag})"
+    if role.option == "time_col":
+        hint += ", or pass file_order=True (--file-order) when rows are already in time order"
+    raise _error(
+        path,
+        unit_line,
+        f"no {role.what} column: none of the columns ({available}) has a recognised name "
+        f"({', '.join(role.names)}); {hint}",
+    )
+
+
+_ColumnPicker = Callable[[list[str], int | None], list[str]]
+
+
+def _column_picker(
+    path: Path, user_col: str | None, item_col: str | None, time_col: str | None, file_order: bool
+) -> _ColumnPicker:
+    """A function from a header to the header names of (user, item[, timestamp]) that logs its choice."""
+    given = (user_col, item_col, time_col)
+    roles = _ROLES[:2] if file_order else _ROLES
+
+    def pick(header: list[str], unit_line: int | None) -> list[str]:
+        cols = [_pick_column(path, unit_line, header, r, g) for r, g in zip(roles, given, strict=False)]
+        if len(set(cols)) != len(cols):
             raise _error(
-                path, unit_line, f"no column {col!r}; available columns: {', '.join(map(repr, header))}"
+                path,
+                unit_line,
+                "one column taken for two roles: "
+                + ", ".join(f"{r.what}={c!r}" for r, c in zip(roles, cols, strict=True)),
             )
-        if count > 1:
-            raise _error(path, unit_line, f"column {col!r} appears {count} times in the header")
+        logger.info(
+            "%s: columns %s%s",
+            path,
+            ", ".join(
+                f"{r.what}={c!r} ({'given' if g is not None else 'recognised'})"
+                for r, g, c in zip(roles, given, cols, strict=False)
+            ),
+            "; no timestamp column, file order is the time order" if file_order else "",
+        )
+        return cols
+
+    return pick
 
 
-def _read_delimited(path: Path, sep: str, cols: list[str]) -> Iterator[tuple[list[str], int]]:
-    """Yield (the cells of ``cols``, line number) for each data row."""
+_Rows = Iterator[tuple[list[Any], int]]  # (the taken columns' cells, line or row number) per data row
+
+
+def _read_delimited(path: Path, sep: str, pick: _ColumnPicker) -> tuple[list[str], _Rows]:
+    """The header names taken by ``pick`` and an iterator over the data rows' cells of those columns."""
     text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     try:
@@ -360,24 +450,31 @@ def _read_delimited(path: Path, sep: str, cols: list[str]) -> Iterator[tuple[lis
     except csv.Error as e:
         raise _error(path, 1, f"cannot parse header: {e}") from e
     header = [h.strip() for h in header]
-    _missing_columns(path, 1, header, cols)
+    cols = pick(header, 1)
     idx = [header.index(c) for c in cols]
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise _error(path, reader.line_num, f"cannot parse: {e}") from e
-        line_no = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            raise _error(path, line_no, "empty line")
-        if len(row) != len(header):
-            raise _error(path, line_no, f"expected {len(header)} fields (as in the header), found {len(row)}")
-        yield [row[i] for i in idx], line_no
+
+    def rows() -> _Rows:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise _error(path, reader.line_num, f"cannot parse: {e}") from e
+            line_no = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                raise _error(path, line_no, "empty line")
+            if len(row) != len(header):
+                raise _error(
+                    path, line_no, f"expected {len(header)} fields (as in the header), found {len(row)}"
+                )
+            yield [row[i] for i in idx], line_no
+
+    return cols, rows()
 
 
-def _read_parquet(path: Path, cols: list[str]) -> Iterator[tuple[list[Any], int]]:
+def _read_parquet(path: Path, pick: _ColumnPicker) -> tuple[list[str], _Rows]:
+    """As ``_read_delimited``, for a Parquet file (row numbers instead of line numbers)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -386,14 +483,13 @@ def _read_parquet(path: Path, cols: list[str]) -> Iterator[tuple[list[Any], int]
         names = list(pq.read_schema(path).names)
     except Exception as e:  # pyarrow raises several unrelated types for corrupt files
         raise DataError(f"{path}: cannot read Parquet file: {e}") from e
-    _missing_columns(path, None, names, cols)
+    cols = pick(names, None)
     try:
         table = pq.read_table(path, columns=cols)
     except Exception as e:
         raise DataError(f"{path}: cannot read Parquet file: {e}") from e
     columns = [table.column(c).to_pylist() for c in cols]
-    for r, values in enumerate(zip(*columns, strict=True), start=1):
-        yield list(values), r
+    return cols, ((list(values), r) for r, values in enumerate(zip(*columns, strict=True), start=1))
 
 
 def _id_cell(path: Path, line_no: int, unit: str, value: Any, what: str) -> str:
@@ -435,42 +531,40 @@ def _k_core(seqs: dict[str, list[str]], k_core: int) -> tuple[dict[str, list[str
             return seqs, dropped_users, dropped_short
 
 
-_Rows = Iterable[tuple[list[Any], int]]  # the wanted cells of each row, with the row's (line) number
-
-
-def _rows(path: Path, suffix: str, sep: str | None, cols: list[str]) -> tuple[_Rows, str]:
-    """The wanted cells of every row of a Parquet or delimited file, with its number, and the unit of that
-    number ("row" / "line")."""
+def _rows(path: Path, suffix: str, sep: str | None, pick: _ColumnPicker) -> tuple[list[str], _Rows, str]:
+    """The columns taken, the wanted cells of every row of a Parquet or delimited file with its number,
+    and the unit of that number ("row" / "line")."""
     if sep is None and suffix in _PARQUET_SUFFIXES:
-        return _read_parquet(path, cols), "row"
+        cols, rows = _read_parquet(path, pick)
+        return cols, rows, "row"
     if sep is None:
         if suffix not in _SEP_BY_SUFFIX:
             raise DataError(
                 f"{path}: cannot infer the separator from the extension {suffix!r}; pass sep "
-                "(.csv, .tsv, .txt and .parquet are recognised)"
+                "(.csv, .tsv, .txt, .inter and .parquet are recognised)"
             )
         sep = _SEP_BY_SUFFIX[suffix]
-    return _read_delimited(path, sep, cols), "line"
+    cols, rows = _read_delimited(path, sep, pick)
+    return cols, rows, "line"
 
 
 def _time_ordered(
-    path: Path, rows: _Rows, unit: str, user_col: str, item_col: str,
-    time_col: str | None,
+    path: Path, rows: _Rows, unit: str, cols: list[str], file_order: bool
 ) -> dict[str, list[str]]:
     """Per user (first-appearance order), the items sorted by time (stably: ties keep file order)."""
     per_user: dict[str, list[tuple[float | int, str]]] = {}
     n_rows = 0
     for values, line_no in rows:
-        user = _id_cell(path, line_no, unit, values[0], f"user id (column {user_col!r})")
-        item = _id_cell(path, line_no, unit, values[1], f"item id (column {item_col!r})")
-        if time_col is None:
+        user = _id_cell(path, line_no, unit, values[0], f"user id (column {cols[0]!r})")
+        item = _id_cell(path, line_no, unit, values[1], f"item id (column {cols[1]!r})")
+        if file_order:
             t: float | int = n_rows
         else:
             try:
                 t = _parse_time(values[2])
             except (ValueError, TypeError, OverflowError) as e:
                 raise _error(
-                    path, line_no, f"unparsable timestamp {values[2]!r} in column {time_col!r} ({e})", unit
+                    path, line_no, f"unparsable timestamp {values[2]!r} in column {cols[2]!r} ({e})", unit
                 ) from e
         per_user.setdefault(user, []).append((t, item))
         n_rows += 1
@@ -482,32 +576,39 @@ def _time_ordered(
 
 def load_interactions_file(
     path: Path,
-    user_col: str = "user",
-    item_col: str = "item",
-    time_col: str | None = "timestamp",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
     sep: str | None = None,
     k_core: int = 0,
+    file_order: bool = False,
 ) -> InteractionData:
-    """Load a CSV/TSV (optionally gzip) or Parquet interaction log with one row per interaction.
+    """Load a CSV/TSV (optionally gzip), RecBole ``.inter`` or Parquet log, one row per interaction.
 
-    Each user's interactions are sorted by ``time_col`` (stably, so ties keep file order; with
-    ``time_col=None`` file order is the time order). ``k_core`` > 0 iteratively keeps users and
-    items with at least ``k_core`` interactions; users with fewer than 3 interactions are always
-    dropped (leave-one-out needs train, validation and test items) and counted in a log message.
+    Columns left as None are recognised from the header by their usual names (user, user_id, userId,
+    uid, reviewerID / item, item_id, itemId, movieId, asin, product_id / timestamp, time, ts,
+    unixReviewTime, datetime, date; any case, with or without underscores or a RecBole ``:type``
+    suffix); two recognised candidates for one column are an error, and the choice is logged. A
+    given name is an override (matched exactly, or without its RecBole type). Timestamps are
+    numbers or ISO dates. Each user's interactions are sorted by the timestamp (stably, so ties
+    keep file order); ``file_order=True`` means there is no timestamp column and file order is the
+    time order. ``k_core`` > 0 iteratively keeps users and items with at least ``k_core``
+    interactions; users with fewer than 3 interactions are always dropped (leave-one-out needs
+    train, validation and test items) and counted in a log message.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if k_core < 0:
         raise ValueError(f"k_core must be >= 0, got {k_core}")
+    if file_order and time_col is not None:
+        raise ValueError(f"file_order=True means no timestamp column, but time_col={time_col!r} was given")
     base = _strip_gz(path.name)
     suffix = Path(base).suffix.lower()
-    cols = [user_col, item_col] + ([time_col] if time_col is not None else [])
-    if len(set(cols)) != len(cols):
-        raise ValueError(f"user_col, item_col and time_col must differ, got {cols}")
+    pick = _column_picker(path, user_col, item_col, time_col, file_order)
 
-    rows, unit = _rows(path, suffix, sep, cols)
-    seqs = _time_ordered(path, rows, unit, user_col, item_col, time_col)
+    cols, rows, unit = _rows(path, suffix, sep, pick)
+    seqs = _time_ordered(path, rows, unit, cols, file_order)
     n_users_before = len(seqs)
     n_items_before = len({i for s in seqs.values() for i in s})
 

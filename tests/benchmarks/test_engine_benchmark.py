@@ -44,7 +44,9 @@ def test_engine_benchmark_json_and_agreement(
     assert result["benchmark"] == "engine" and result["users"] == 3
     files = list(out_dir.glob("engine-cpu-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text()) == result
-    assert 0.0 <= result["top_k_agreement"] <= 1.0  # type: ignore[operator]
+    # the headline agreement is the worse of the two tasks' (docs/PERFORMANCE.md reads it so)
+    assert result["top_k_agreement"] == min(result["direct_top_k_agreement"],  # type: ignore[call-overload]
+                                            result["sequential_top_k_agreement"])
     # Every tiny item id is one number token + EOS: both 20-beam searches keep the 20 best first tokens,
     # then close each with EOS, so they return the same items with the same scores.
     assert result["sequential_top_k_agreement"] == 1.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -90,4 +92,36 @@ def test_unknown_config_field_is_refused(copy: Path) -> None:
     (copy / "config.json").write_text(json.dumps(config))
     write_manifest(copy)
     with pytest.raises(BundleError, match=r"config\.json"):
+        load_bundle(copy)
+
+
+def test_unlisted_files_are_reported_and_unlisted_tokenizer_files_refused(
+    copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (copy / "notes.txt").write_text("not part of the bundle")
+    (copy / "extra").mkdir()
+    (copy / "extra" / "weights.safetensors").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="model_store.bundle"):
+        load_bundle(copy)
+    warned = [r.getMessage() for r in caplog.records if "not in the manifest" in r.getMessage()]
+    assert len(warned) == 1 and "2 file(s)" in warned[0], warned
+    assert "extra/weights.safetensors, notes.txt" in warned[0]
+    # the tokenizer loader reads every file of tokenizer/: an unverified one there is refused
+    (copy / "tokenizer" / "added_tokens.json").write_text("{}")
+    with pytest.raises(BundleError, match=r"tokenizer/added_tokens\.json not in the manifest"):
+        load_bundle(copy)
+
+
+def test_a_complete_manifest_warns_about_nothing(copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="model_store.bundle"):
+        load_bundle(copy)
+    assert not [r for r in caplog.records if "not in the manifest" in r.getMessage()]
+
+
+def test_manifest_paths_outside_the_bundle_are_malformed(copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "outside.txt").write_text("x")
+    digest = hashlib.sha256(b"x").hexdigest()
+    with (copy / MANIFEST).open("a") as fh:
+        fh.write(f"{digest}  ../outside.txt\n")
+    with pytest.raises(BundleError, match=r"MANIFEST\.sha256:\d+: malformed manifest line"):
         load_bundle(copy)

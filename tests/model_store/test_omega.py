@@ -15,6 +15,7 @@ from model_store.omega import (
     random_omega,
     spectral_omega,
 )
+from training.split import leave_one_out, train_edges
 
 
 def random_graph(
@@ -86,13 +87,25 @@ def test_adjacency_matches_dense_on_random_graph() -> None:
     )
 
 
-def test_held_out_pairs_are_not_edges() -> None:
-    n_users, n_items, users, items = random_graph()
-    given = set(zip(users.tolist(), items.tolist(), strict=True))
-    held_out = [(u, i) for u in range(n_users) for i in range(n_items) if (u, i) not in given][:50]
-    a = normalized_adjacency(n_users, n_items, users, items)
+def test_held_out_interactions_are_not_edges_of_the_train_graph() -> None:
+    """Real interactions held out by leave-one-out (validation and test items) are no edges of the graph
+    built from the split's train edges, while the same graph over all interactions has every one of them."""
+    rng = np.random.default_rng(3)
+    n_users, n_items = 40, 30
+    sequences = [rng.choice(n_items, size=int(rng.integers(4, 9)), replace=False).tolist()
+                 for _ in range(n_users)]
+    split = leave_one_out(sequences)
+    train = normalized_adjacency(n_users, n_items, *train_edges(split))
+    everything = normalized_adjacency(
+        n_users, n_items, np.repeat(np.arange(n_users), [len(s) for s in sequences]),
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]),
+    )
+    held_out = [(u, int(i)) for held in (split.valid, split.test) for u, i in enumerate(held.tolist())]
+    assert len(held_out) == 2 * n_users  # no repeats: every held-out item is new to its user
     for u, i in held_out:
-        assert a[u, n_users + i] == 0 and a[n_users + i, u] == 0
+        assert everything[u, n_users + i] > 0  # a real interaction: the check below can fail
+        assert train[u, n_users + i] == 0 and train[n_users + i, u] == 0
+    assert train.nnz == 2 * sum(len(t) for t in split.train)
 
 
 @pytest.mark.parametrize(

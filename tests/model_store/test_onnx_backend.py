@@ -7,7 +7,9 @@ cost) into a copy of the tiny bundle; every other test reuses them or fakes the 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from benchmarks import engine as engine_bench
 from model_store import onnx_backend
-from model_store.bundle import Bundle, load_bundle
+from model_store.bundle import MANIFEST, Bundle, load_bundle
 from model_store.engine import InferenceEngine, Scored
 from model_store.omega import fold_in
 from model_store.onnx_backend import (
@@ -100,6 +102,13 @@ def test_graphs_are_cached_beside_the_bundle(
     folder = onnx_bundle / "onnx"
     assert json.loads((folder / STAMP).read_text()) == fingerprint(onnx_bundle)
     assert sorted(p.name for p in folder.glob("*.onnx")) == sorted(f"{g}.onnx" for g in GRAPHS)
+    lines = [line.split("  ", 1) for line in (folder / MANIFEST).read_text().splitlines()]
+    listed = {name: digest for digest, name in lines}
+    assert sorted(listed) == sorted([*(f"{g}.onnx" for g in GRAPHS), STAMP])
+    for name, digest in listed.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    # The bundle's own manifest does not cover its ONNX cache (derived, verified by its own manifest).
+    assert "onnx/" not in (onnx_bundle / MANIFEST).read_text()
 
     def no_export(*args: Any) -> None:
         raise AssertionError("a current export must be reused, not redone")
@@ -109,13 +118,48 @@ def test_graphs_are_cached_beside_the_bundle(
     assert isinstance(again.runner, OnnxRunner)
 
 
-def test_a_damaged_graph_file_is_named(onnx_bundle: Path, engines: Engines, tmp_path: Path) -> None:
-    damaged = tmp_path / "damaged"
-    shutil.copytree(onnx_bundle, damaged)
-    graph = damaged / "onnx" / "decoder.onnx"
+def test_a_tampered_or_damaged_graph_is_refused(onnx_bundle: Path, engines: Engines, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(onnx_bundle, tampered)
+    cache = tampered / "onnx"
+    # A valid ONNX graph, but not this one: ONNX Runtime would load it; the cache's manifest refuses it.
+    shutil.copy(cache / "encoder_sequential.onnx", cache / "encoder_direct.onnx")
+    with pytest.raises(OnnxBackendError, match=r"refusing the ONNX graph cache: .*encoder_direct\.onnx is "
+                                               r"corrupt \(sha256 differs from the manifest\).*delete"):
+        load_bundle(tampered).engine("cpu", backend="onnx")
+    graph = cache / "decoder.onnx"
+    shutil.copytree(onnx_bundle / "onnx", cache, dirs_exist_ok=True)
     graph.write_bytes(graph.read_bytes()[:1000])  # truncated; the stamp still says current
-    with pytest.raises(OnnxBackendError, match=r"decoder\.onnx: ONNX Runtime cannot load it .*delete"):
-        load_bundle(damaged).engine("cpu", backend="onnx")
+    with pytest.raises(OnnxBackendError, match=r"decoder\.onnx is corrupt"):
+        load_bundle(tampered).engine("cpu", backend="onnx")
+    shutil.copytree(onnx_bundle / "onnx", cache, dirs_exist_ok=True)
+    (cache / MANIFEST).unlink()  # a current stamp alone does not vouch for the graphs
+    with pytest.raises(OnnxBackendError, match=r"not a verified ONNX graph cache \(MANIFEST\.sha256 is"):
+        load_bundle(tampered).engine("cpu", backend="onnx")
+
+
+def test_a_graph_the_manifest_vouches_for_but_onnx_runtime_cannot_load_is_named(
+    onnx_bundle: Path, engines: Engines, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(onnx_backend, "export_graphs", _fake_export(calls))
+    bundle_dir = tmp_path / "fake"
+    shutil.copytree(onnx_bundle, bundle_dir, ignore=shutil.ignore_patterns("onnx"))
+    with pytest.raises(OnnxBackendError, match=r"encoder_direct\.onnx: ONNX Runtime cannot load it .*delete"):
+        load_bundle(bundle_dir).engine("cpu", backend="onnx")
+    assert len(calls) == 1
+
+
+def test_unlisted_files_in_the_cache_are_reported_not_read(
+    onnx_bundle: Path, engines: Engines, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = tmp_path / "extra"
+    shutil.copytree(onnx_bundle, extra)
+    (extra / "onnx" / "notes.txt").write_text("left by an operator")
+    with caplog.at_level(logging.WARNING, logger="model_store.bundle"):
+        assert graph_folder(extra, engines[0].build_model()) == extra / "onnx"
+    warned = [r.getMessage() for r in caplog.records if "not in the manifest" in r.getMessage()]
+    assert len(warned) == 1 and "notes.txt" in warned[0] and str(extra / "onnx") in warned[0]
 
 
 def _fake_export(calls: list[Path]) -> Any:

@@ -16,6 +16,7 @@ from service_testkit import REDIS_HOST, REDIS_PORT, MakeSettings, TcpProxy, make
 from model_store.bundle import Bundle, load_bundle
 from service.app import create_app
 from service.settings import Settings
+from training.trainer import RunSpec, train
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,15 @@ def settings_for(service_bundle: Path) -> MakeSettings:
 @pytest.fixture(scope="session")
 def bundle(service_bundle: Path) -> Bundle:
     return load_bundle(service_bundle)
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A tiny bundle trained as the shipped presets are: graph prior (Ω + item co-occurrence) tuned on
+    validation. (The session's tiny bundle has the tiny preset's prior off, i.e. serves the T5 alone.)"""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-prior"
+    return load_bundle(train(RunSpec(data=tiny_data, preset="tiny", out=out, device="cpu", epochs=3,
+                                     overrides={"graph_prior": True, "graph_cooc": True})))
 
 
 @pytest.fixture(scope="session")

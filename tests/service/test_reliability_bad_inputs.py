@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_testkit import MakeSettings, new_user_id
 
+from model_store.bundle import Bundle
 from service.app import create_app
 
 DIRECT = "/recommend/direct"
@@ -100,14 +101,21 @@ def test_bad_input_is_a_clear_4xx_and_the_service_stays_healthy(
 
 
 @pytest.mark.parametrize("user_id", ["never-seen-user", "日本語ユーザー🙂", "u" * 256, "with space/slash"])
-def test_unknown_and_unicode_users_are_not_errors(client: TestClient, user_id: str) -> None:
+def test_unknown_and_unicode_users_are_not_errors(client: TestClient, bundle: Bundle, user_id: str) -> None:
     """An unknown user is a new user, not bad input: popularity, then cold start once it has history."""
-    first = client.post(DIRECT, json={"user_id": user_id, "k": 3})
-    assert first.status_code == 200 and first.json()["user_id"] == user_id
-    assert first.json()["fallback"] in ("popularity", "cold_start")
+    assert bundle.codec.find_user(user_id) is None
+    most_popular = [bundle.codec.items[i] for i in bundle.config.popular_items[:3]]
+    for path in (DIRECT, SEQUENTIAL):  # no history anywhere: the three most popular training items
+        first = client.post(path, json={"user_id": user_id, "k": 3})
+        assert first.status_code == 200 and first.json()["user_id"] == user_id
+        assert first.json()["fallback"] == "popularity", first.text
+        assert [x["item_id"] for x in first.json()["items"]] == most_popular
     fresh = new_user_id() + user_id[:50].replace("/", "_")  # a "/" cannot travel in the path
     assert client.post(f"/users/{fresh}/interactions", json={"items": ["4", "5"]}).status_code == 200
-    assert client.post(SEQUENTIAL, json={"user_id": fresh, "k": 3}).json()["fallback"] == "cold_start"
+    for path in (DIRECT, SEQUENTIAL):
+        answer = client.post(path, json={"user_id": fresh, "k": 3}).json()
+        assert answer["fallback"] == "cold_start", answer
+        assert not {"4", "5"} & {x["item_id"] for x in answer["items"]}  # its history is not recommended
 
 
 def test_duplicates_are_answered_once_not_refused(client: TestClient) -> None:

@@ -1,21 +1,19 @@
-"""Served = offline: direct ranks equal the evaluator's, filtering drops all history, batched = unbatched."""
+"""Served = offline (graph prior off, and on as shipped): direct and sequential answers equal the evaluator's,
+filtering drops all history, batched = unbatched."""
 
 from __future__ import annotations
 
-import json
-import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from safetensors.numpy import save_file
 from service_testkit import MakeSettings, make_settings
 
-from model_store.bundle import ITEM_GRAPH, Bundle, load_bundle, write_manifest
-from model_store.item_graph import ItemGraph
+from model_store.bundle import Bundle, load_bundle
+from model_store.engine import filter_rerank
 from service.app import create_app
 from service.errors import StoreUnavailableError
 from service.store import InMemoryHistoryStore
@@ -24,30 +22,86 @@ from training.evaluate import split_cases
 DIRECT = "/recommend/direct"
 SEQUENTIAL = "/recommend/sequential"
 Call = tuple[str, dict[str, Any]]
+Served = tuple[TestClient, Bundle]
 
 
 def _ids(body: dict[str, Any]) -> list[str]:
     return [entry["item_id"] for entry in body["items"]]
 
 
-def test_direct_ranking_equals_the_offline_evaluator(client: TestClient, bundle: Bundle) -> None:
-    """The evaluator's test cases (positive + negatives), scored by the evaluator's engine call."""
+@pytest.fixture(scope="module", params=["digits, prior off", "digits, prior on", "shipped: items, prior on"])
+def served(request: pytest.FixtureRequest, tiny_bundle: Path, shipped_bundle: Bundle,
+           bundle: Bundle) -> Iterator[Served]:
+    """The digit-id tiny bundle (graph prior off: the T5 alone), one trained with the graph prior on, and
+    the default model kind as shipped (items, prior on), each served by its own app."""
+    chosen = {"digits, prior off": load_bundle(tiny_bundle), "digits, prior on": shipped_bundle,
+              "shipped: items, prior on": bundle}[request.param]
+    with TestClient(create_app(make_settings(chosen.path))) as client:
+        yield client, chosen
+
+
+def test_the_served_bundles_are_what_their_names_say(
+    shipped_bundle: Bundle, bundle: Bundle, tiny_bundle: Path
+) -> None:
+    """What makes the "prior on" cases below test the prior: validation chose non-zero weights."""
+    for with_prior in (shipped_bundle, bundle):
+        prior = with_prior.config.graph_prior
+        assert prior.direct_weight > 0 and prior.sequential_weight > 0, prior
+    assert shipped_bundle.config.graph_prior.direct_reads_history and shipped_bundle.item_graph is not None
+    assert bundle.config.model.kind == "items" and shipped_bundle.config.model.kind == "digits"
+    plain = load_bundle(tiny_bundle).config.graph_prior
+    assert plain.direct_weight == plain.sequential_weight == 0
+
+
+def test_direct_ranking_equals_the_offline_evaluator(served: Served) -> None:
+    """The evaluator's scoring (exact T5 scores of positive + negatives, then the bundle's graph prior)
+    given the history the service holds for the user (the bundle's whole recorded sequence)."""
+    client, bundle = served
     users = list(range(12))
     case = split_cases(bundle.data.sequences, bundle.data.negatives, "test", users)
     candidates = [[target, *negs] for target, negs in zip(case.targets, case.negatives, strict=True)]
     engine = bundle.engine("cpu")
-    # the evaluator's engine call, given the history the service reads for a known user (the bundle's)
-    offline = engine.score_direct(case.users, candidates,
-                                  histories=[bundle.data.sequences[u] for u in case.users])
+    # what evaluate_direct calls, given the history the service reads for a known user (the bundle's)
+    t5 = engine.score_direct(case.users, candidates, pure=True,
+                             histories=[bundle.data.sequences[u] for u in case.users])
     items = bundle.codec.items
-    for user, cands, scores in zip(case.users, candidates, offline, strict=True):
+    changed_by_prior = 0
+    for user, cands, pure in zip(case.users, candidates, t5, strict=True):
+        scores = engine.with_graph(user, pure, None, history=bundle.data.sequences[user])
         expected = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        changed_by_prior += [i for i, _ in expected] != sorted(pure, key=lambda i: (-pure[i], i))
         body = client.post(DIRECT, json={"user_id": bundle.codec.users[user],
                                          "candidates": [items[i] for i in cands], "k": len(cands)}).json()
         assert body["fallback"] is None
         assert _ids(body) == [items[i] for i, _ in expected]
-        served = [entry["score"] for entry in body["items"]]
-        assert served == pytest.approx([s for _, s in expected], abs=1e-4)
+        served_scores = [entry["score"] for entry in body["items"]]
+        assert served_scores == pytest.approx([s for _, s in expected], abs=1e-4)
+    assert (changed_by_prior > 0) == (bundle.config.graph_prior.direct_weight > 0)
+
+
+def test_sequential_answer_equals_the_offline_evaluator(served: Served) -> None:
+    """The evaluator's beam (width max(beam, k + N), the graph prior's rescoring) and history filter, for
+    the test split's history sent in the request."""
+    client, bundle = served
+    users = list(range(12))
+    case = split_cases(bundle.data.sequences, bundle.data.negatives, "test", users)
+    engine = bundle.engine("cpu")
+    k, extra = 10, bundle.config.rerank_n
+    width = max(bundle.config.beam, k + extra)
+    generated = engine.beam_sequential(case.users, case.histories, width)  # what evaluate_sequential calls
+    pure = engine.beam_sequential(case.users, case.histories, width, pure=True)
+    items = bundle.codec.items
+    changed_by_prior = 0
+    for i, user in enumerate(case.users):
+        expected = filter_rerank(generated[i], case.histories[i], k, extra, True)
+        changed_by_prior += ([s.item for s in expected] !=
+                             [s.item for s in filter_rerank(pure[i], case.histories[i], k, extra, True)])
+        body = client.post(SEQUENTIAL, json={"user_id": bundle.codec.users[user], "k": k,
+                                             "history": [items[j] for j in case.histories[i]]}).json()
+        assert body["fallback"] is None
+        assert _ids(body) == [items[s.item] for s in expected]
+        assert [e["score"] for e in body["items"]] == pytest.approx([s.score for s in expected], abs=1e-4)
+    assert (changed_by_prior > 0) == (bundle.config.graph_prior.sequential_weight > 0)
 
 
 def test_filter_history_never_returns_a_history_item(client: TestClient, bundle: Bundle) -> None:
@@ -131,26 +185,15 @@ def test_batched_equals_unbatched(settings_for: MakeSettings, bundle: Bundle) ->
 
 
 def test_direct_with_cooccurrence_reads_the_served_history(
-    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shipped_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A digit-id bundle whose prior mixes item co-occurrence into the direct score (its model alone reads
-    no history): served = engine given the user's history; with the store down, a known user is still
-    answered, from the bundle's history."""
-    bundle = load_bundle(tiny_bundle)
-    folder = tmp_path / "cooc"
-    shutil.copytree(bundle.path, folder)
-    users_e = np.repeat(np.arange(len(bundle.data.sequences)), [len(s) for s in bundle.data.sequences])
-    items_e = np.concatenate([np.asarray(s) for s in bundle.data.sequences])
-    graph = ItemGraph.build(len(bundle.data.sequences), bundle.codec.n_items, users_e, items_e)
-    save_file(graph.to_tensors(), str(folder / ITEM_GRAPH))
-    raw = json.loads((folder / "config.json").read_text())
-    raw["graph_prior"].update(direct_weight=2.0, direct_cooc_mix=0.5, direct_cooc_decay=0.6)
-    (folder / "config.json").write_text(json.dumps(raw))
-    write_manifest(folder)
-    cooc = load_bundle(folder)
+    """The shipped prior mixes item co-occurrence into the direct score: served = engine given the user's
+    history; with the store down, a known user is still answered, from the bundle's history."""
+    cooc = shipped_bundle
+    assert cooc.config.graph_prior.direct_cooc_mix > 0
     engine = cooc.engine("cpu")
     items = cooc.codec.items
-    with TestClient(create_app(make_settings(folder))) as client:
+    with TestClient(create_app(make_settings(cooc.path))) as client:
         for user in range(6):
             cands = list(range(12))
             history = cooc.data.sequences[user]
@@ -163,12 +206,11 @@ def test_direct_with_cooccurrence_reads_the_served_history(
             assert _ids(body) == [items[i] for i, _ in expected]
             assert [e["score"] for e in body["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)
 
-
     async def down(self: InMemoryHistoryStore, user_id: str) -> list[str]:
         raise StoreUnavailableError("get", "connection", "store down (test)")
 
     monkeypatch.setattr(InMemoryHistoryStore, "get", down)
-    with TestClient(create_app(make_settings(folder))) as client:  # the store is down: bundle history
+    with TestClient(create_app(make_settings(cooc.path))) as client:  # the store is down: bundle history
         user, cands = 2, list(range(12))
         scores = engine.score_direct([user], [cands], histories=[cooc.data.sequences[user]])[0]
         body = client.post(DIRECT, json={"user_id": cooc.codec.users[user],

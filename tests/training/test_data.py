@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shared_paths import shared_data_dir
@@ -265,9 +266,97 @@ def test_column_flags_and_iso_times(tmp_path: Path) -> None:
     )
     data = load_interactions_file(path, user_col="who", item_col="what", time_col="when")
     assert [data.item_ids[i] for i in data.sequences[0]] == ["q", "s", "r", "p"]
-    # time_col=None: file order is the time order.
-    data = load_interactions_file(path, user_col="who", item_col="what", time_col=None)
+    # file_order=True: no timestamp column, file order is the time order.
+    data = load_interactions_file(path, user_col="who", item_col="what", file_order=True)
     assert [data.item_ids[i] for i in data.sequences[0]] == ["p", "q", "r", "s"]
+    with pytest.raises(ValueError, match="file_order=True means no timestamp column"):
+        load_interactions_file(path, user_col="who", item_col="what", time_col="when", file_order=True)
+
+
+# The base CSV's users, items and times under other usual headers (and separators).
+_RENAMED = [
+    ("user_id,item_id,timestamp", ",", "log.csv"),
+    ("userId,movieId,timestamp", ",", "ratings.csv"),  # MovieLens
+    ("reviewerID,asin,unixReviewTime", ",", "reviews.csv"),  # Amazon reviews
+    ("uid,product_id,ts", ",", "log.csv"),
+    ("USER_ID,ItemId,Time", ",", "log.csv"),
+    ("user_id:token\titem_id:token\ttimestamp:float", "\t", "beauty.inter"),  # RecBole atomic file
+]
+
+
+def _renamed_csv(tmp_path: Path, header: str, sep: str, name: str) -> Path:
+    """The base CSV's user, item and timestamp columns (rating dropped) under ``header``."""
+    rows = [line.split(",")[:3] for line in CSV.splitlines()[1:]]
+    path = tmp_path / name
+    path.write_text("\n".join([header, *(sep.join(r) for r in rows)]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("header", "sep", "name"), _RENAMED)
+def test_usual_column_names_are_recognised(
+    tmp_path: Path, header: str, sep: str, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = load_interactions_file(_csv(tmp_path))
+    path = _renamed_csv(tmp_path, header, sep, name)
+    with caplog.at_level(logging.INFO, logger="training.data"):
+        got = load_interactions_file(path)
+    assert (got.user_ids, got.item_ids, got.sequences) == (
+        expected.user_ids,
+        expected.item_ids,
+        expected.sequences,
+    )
+    user, item, when = header.split(sep)
+    taken = f"columns user={user!r} (recognised), item={item!r} (recognised), timestamp={when!r} (recognised)"
+    assert any(taken in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_recbole_inter_file_takes_overrides_without_the_type(tmp_path: Path) -> None:
+    text = (
+        "session:token\tuser_id:token\tsku:token\trating:float\ttimestamp:float\n"
+        + "".join(f"s{n}\t{u}\t{i}\t5.0\t{t}.0\n" for n, (u, i, t) in enumerate(
+            [("u1", "a", 3), ("u1", "b", 1), ("u1", "c", 2), ("u2", "a", 1), ("u2", "b", 2), ("u2", "c", 3)]
+        ))
+    )
+    path = tmp_path / "shop.inter"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"no item column: .*'sku:token'.*--item-col"):
+        load_interactions_file(path)
+    data = load_interactions_file(path, item_col="sku")  # the name without RecBole's ":token"
+    assert data.name == "shop" and data.user_ids == ["u1", "u2"]
+    assert [[data.item_ids[i] for i in s] for s in data.sequences] == [["b", "c", "a"], ["a", "b", "c"]]
+
+
+def test_ambiguous_columns_are_refused_and_a_flag_chooses(tmp_path: Path) -> None:
+    path = tmp_path / "two.csv"
+    # "user" and "user_id" disagree: u1's rows belong to x under user_id.
+    path.write_text(
+        "user,user_id,item,timestamp\n"
+        "u1,x,a,1\nu1,x,b,2\nu1,x,c,3\nu2,y,a,1\nu2,y,b,2\nu2,y,c,3\n"
+    )
+    with pytest.raises(DataError) as info:
+        load_interactions_file(path)
+    message = str(info.value)
+    for fragment in (str(path), "line 1", "ambiguous user column", "'user', 'user_id'", "--user-col"):
+        assert fragment in message, message
+    assert load_interactions_file(path, user_col="user_id").user_ids == ["x", "y"]
+    assert load_interactions_file(path, user_col="user").user_ids == ["u1", "u2"]
+    with pytest.raises(DataError, match=r"one column taken for two roles: user='item', item='item'"):
+        load_interactions_file(path, user_col="item")
+    (tmp_path / "times.csv").write_text("user,item,time,date\nx,a,1,2020-01-01\n")
+    with pytest.raises(DataError, match=r"ambiguous timestamp column: 'time', 'date'.*--time-col"):
+        load_interactions_file(tmp_path / "times.csv")
+
+
+def test_cli_passes_only_the_column_flags_given(tmp_path: Path) -> None:
+    from training.cli import _data_options, parser
+
+    path = _csv(tmp_path)
+    common = ["train", "--data", str(path), "--out", str(tmp_path / "b")]
+    assert _data_options(parser().parse_args(common)) == {"k_core": 0}
+    args = parser().parse_args([*common, "--user-col", "who", "--file-order", "--sep", ";"])
+    assert _data_options(args) == {"k_core": 0, "user_col": "who", "file_order": True, "sep": ";"}
+    with pytest.raises(SystemExit):
+        parser().parse_args([*common, "--time-col", "when", "--file-order"])
 
 
 def test_k_core_is_iterative(tmp_path: Path) -> None:
@@ -317,10 +406,12 @@ def test_parquet(tmp_path: Path) -> None:
     assert [[data.item_ids[i] for i in s] for s in data.sequences] == [["b", "c", "a"], ["c", "b", "a"]]
 
     pq.write_table(table.rename_columns(["uid", "iid", "ts"]), tmp_path / "other.parquet")
-    with pytest.raises(DataError, match=r"no column 'user'; available columns: 'uid', 'iid', 'ts'"):
-        load_interactions_file(tmp_path / "other.parquet")
-    data = load_interactions_file(tmp_path / "other.parquet", user_col="uid", item_col="iid", time_col="ts")
+    with pytest.raises(DataError, match=r"no item column: none of the columns \('uid', 'iid', 'ts'\)"):
+        load_interactions_file(tmp_path / "other.parquet")  # uid and ts are usual names, iid is not
+    data = load_interactions_file(tmp_path / "other.parquet", item_col="iid")
     assert data.n_users == 2
+    with pytest.raises(DataError, match=r"no column 'user'; available columns: 'uid', 'iid', 'ts'"):
+        load_interactions_file(tmp_path / "other.parquet", user_col="user", item_col="iid")
 
     bad = pa.table({"user": [1, 1, None], "item": ["a", "b", "c"], "timestamp": [1, 2, 3]})
     pq.write_table(bad, tmp_path / "bad.parquet")
@@ -331,8 +422,11 @@ def test_parquet(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "kwargs", "fragments"),
     [
-        ("uid,item,timestamp\nx,a,1\n", {}, ["line 1", "no column 'user'", "'uid', 'item', 'timestamp'"]),
-        ("user,item,time\nx,a,1\n", {}, ["line 1", "no column 'timestamp'", "'time'"]),
+        ("who,item,timestamp\nx,a,1\n", {}, ["line 1", "no user column", "'who', 'item', 'timestamp'",
+                                             "(user, user_id, userId, uid, reviewerID)", "--user-col"]),
+        ("user,item,when\nx,a,1\n", {}, ["line 1", "no timestamp column", "'when'", "--time-col",
+                                         "--file-order"]),
+        ("user,item,when\nx,a,1\n", {"time_col": "time"}, ["line 1", "no column 'time'", "'when'"]),
         ("user,item,timestamp\nx,a,1\nx,b,yesterday\n", {}, ["line 3", "unparsable timestamp 'yesterday'"]),
         ("user,item,timestamp\nx,a,1\nx,b,nan\n", {}, ["line 3", "unparsable timestamp"]),
         ("user,item,timestamp\nx,a,1\n,b,2\n", {}, ["line 3", "empty user id"]),
@@ -345,11 +439,11 @@ def test_parquet(tmp_path: Path) -> None:
         ("user,item,timestamp\nx,a,1\n", {"k_core": 5}, ["no user has at least 5 interactions"]),
     ],
 )
-def test_generic_malformed(tmp_path: Path, text: str, kwargs: dict[str, int], fragments: list[str]) -> None:
+def test_generic_malformed(tmp_path: Path, text: str, kwargs: dict[str, Any], fragments: list[str]) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(text)
     with pytest.raises(DataError) as info:
-        load_interactions_file(path, **kwargs)  # type: ignore[arg-type]
+        load_interactions_file(path, **kwargs)
     message = str(info.value)
     assert str(path) in message
     for fragment in fragments:

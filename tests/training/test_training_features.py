@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from model_store.bundle import load_bundle
+from model_store.errors import DataError
 from training.baselines.harness import Harness
 from training.baselines.runner import run_baselines
 from training.baselines.simple import popularity_table
@@ -63,8 +64,6 @@ def test_explanation_task_trains_on_training_pairs_only(tiny_data: Path, tmp_pat
 def test_malformed_reviews_name_the_line(tiny_data: Path, tmp_path: Path) -> None:
     reviews = tmp_path / "reviews.jsonl"
     reviews.write_text('{"user": "1", "item": "2", "text": "ok"}\n{"user": "1"}\n')
-    from model_store.errors import DataError
-
     with pytest.raises(DataError, match=r"reviews.jsonl, line 2"):
         train(RunSpec(data=tiny_data, preset="tiny", out=tmp_path / "x", device="cpu", reviews=reviews))
     assert not (tmp_path / "x").exists()
@@ -78,10 +77,10 @@ def test_generic_csv_trains_into_a_bundle_with_the_files_own_ids(tmp_path: Path)
             lines.append(f"u{u},sku-{int(rng.integers(0, 25))},{1000 + 10 * t}")
     path = tmp_path / "log.csv"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(Exception, match="user"):
+    with pytest.raises(DataError, match="no item column"):  # uid and ts are usual names, iid is not
         train(RunSpec(data=path, preset="tiny", out=tmp_path / "b0", device="cpu"))
     out = train(RunSpec(data=path, preset="tiny", out=tmp_path / "b", device="cpu", epochs=1,
-                        data_options={"user_col": "uid", "item_col": "iid", "time_col": "ts"}))
+                        data_options={"item_col": "iid"}))
     bundle = load_bundle(out)
     assert all(i.startswith("sku-") for i in bundle.codec.items)
     assert all(u.startswith("u") for u in bundle.codec.users)
