@@ -1,8 +1,11 @@
-"""Helpers of the service tests: settings without the environment, fresh ids, free ports, a TCP proxy."""
+"""Helpers of the service tests: settings without the environment, fresh ids, free ports, required
+programs, a TCP proxy."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import threading
 import uuid
@@ -10,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.settings import Settings
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 MakeSettings = Callable[..., Settings]
 
 
@@ -32,6 +36,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def on_ci() -> bool:
+    """CI=true (set by CI systems and by `.ci/run`): a test that needs a program must not skip."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_program(name: str, package: str) -> str:
+    """The path of the program `name`; without it a skip naming its Debian package (a failure on CI)."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])  # nginx: sbin
+    path = shutil.which(name, path=search)
+    if path is None:
+        message = f"`{name}` is not installed (Debian package `{package}`; `.ci/run` installs it)"
+        if on_ci():
+            pytest.fail(f"{message}: under CI=true this test must run, not skip", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 class TcpProxy:
