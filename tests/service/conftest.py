@@ -76,15 +76,28 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-@pytest.fixture()
-def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
-    """A 3-master Redis Cluster of this test's own on loopback, AOF fsynced on every write."""
-    cluster = RedisClusterServers(tmp_path / "cluster", masters=3)
+@contextlib.contextmanager
+def running_cluster(folder: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(folder, masters=3)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.kill()
+
+
+@pytest.fixture()
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster of this test's own on loopback, AOF fsynced on every write (to kill nodes)."""
+    with running_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster the session shares (each test under its own key prefix; never killed)."""
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,17 @@ def require_program(name: str, package: str) -> str:
             pytest.fail(f"{message}: under CI=true this test must run, not skip", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def assert_acknowledged_writes_kept(
+    user: str, stored: Sequence[str], acked: Sequence[str], refused: int
+) -> None:
+    """Every write answered 200 is in `stored`, in order; extra items only from `refused` (503) attempts
+    (a write Redis applied but could not acknowledge before it died)."""
+    remaining = iter(stored)
+    assert all(item in remaining for item in acked), f"{user}: an acknowledged write was lost"
+    assert len(acked) <= len(stored) <= len(acked) + refused, (
+        f"{user}: {len(stored)} stored, {len(acked)} acknowledged, {refused} refused")
 
 
 class TcpProxy:
