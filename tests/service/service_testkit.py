@@ -1,5 +1,5 @@
 """Helpers of the service tests: settings without the environment, fresh ids, free ports, required
-programs, a TCP proxy."""
+programs, `python -m service` in a subprocess, a TCP proxy."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import httpx
 import pytest
 
 from service.settings import Settings
 
 MakeSettings = Callable[..., Settings]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_settings(bundle: Path, **overrides: Any) -> Settings:
@@ -64,6 +69,59 @@ def assert_acknowledged_writes_kept(
     assert all(item in remaining for item in acked), f"{user}: an acknowledged write was lost"
     assert len(acked) <= len(stored) <= len(acked) + refused, (
         f"{user}: {len(stored)} stored, {len(acked)} acknowledged, {refused} refused")
+
+
+def serve_subprocess(
+    bundle: Path, port: int, log: Path | None = None, **extra: str
+) -> subprocess.Popen[bytes]:
+    """`python -m service` on 127.0.0.1:`port` in a fresh interpreter, CPU, without the caller's ELMREC_*
+    variables; its output is piped, or written to `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELMREC_")}
+    env.update(ELMREC_MODEL_DIR=str(bundle), ELMREC_PORT=str(port), ELMREC_HOST="127.0.0.1",
+               ELMREC_DEVICE="cpu", ELMREC_LOG_LEVEL="warning", PYTHONPATH=str(REPO), **extra)
+
+    def start(output: int | IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
+                                stdout=output, stderr=subprocess.STDOUT)
+
+    if log is None:
+        return start(subprocess.PIPE)
+    with log.open("wb") as output:  # the child keeps its own descriptor
+        return start(output)
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], base: str, log: Path | None = None, timeout_s: float = 180
+) -> None:
+    """Until `base`/health/ready answers 200 (a fresh interpreter imports torch: slow on a busy 2-core
+    machine); a failure with the service's output if it exits first or is not ready in time."""
+    def output() -> str:
+        if log is not None:
+            return log.read_text(errors="replace")[-4000:]
+        return proc.stdout.read().decode(errors="replace") if proc.stdout and proc.poll() is not None else ""
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the service exited before it was ready:\n{output()}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the service at {base} was not ready within {timeout_s:.0f} s:\n{output()}")
+
+
+def stop_subprocess(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class TcpProxy:

@@ -134,7 +134,7 @@ async def test_histories_spread_over_the_masters_and_survive_a_killed_node(
     for user, items in acked.items():
         node = redis_cluster.node_of(key(user))
         with contextlib.closing(node.client()) as direct:
-            stored = direct.lrange(key(user), 0, -1)
+            stored = [str(item) for item in direct.lrange(key(user), 0, -1)]
         assert_acknowledged_writes_kept(user, stored, items, refused[user])
         assert final[user] == stored
 
