@@ -36,6 +36,7 @@ class RedisServer:
         self.port = free_port()
         self.cluster_port = free_port() if cluster else None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
@@ -58,18 +59,30 @@ class RedisServer:
         return args
 
     def start(self, timeout_s: float = 10.0) -> None:
+        """Start, or restart on the same port and folder. A first start whose port another process took
+        after `free_port` released it moves to fresh ports (three tries)."""
+        for attempt in range(3):
+            if self._run(timeout_s):
+                self.started = True
+                return
+            log = self.log()
+            if self.started or "Address already in use" not in log or attempt == 2:
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
+            self.port = free_port()
+            self.cluster_port = free_port() if self.cluster else None
+
+    def _run(self, timeout_s: float) -> bool:
         self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 with contextlib.closing(self.client(socket_timeout=0.2)) as client:
                     client.ping()
-                    return
+                    return True
             except redis.RedisError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.kill()
-                    log = self.log()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}") from None
+                    return False
                 time.sleep(0.05)
 
     def kill(self) -> None:
