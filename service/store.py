@@ -113,7 +113,6 @@ class RedisHistoryStore:
     ) -> None:
         self.prefix = prefix
         self.max_len = max_len
-        self.cluster = cluster
         self._metrics = metrics
         self._label = "redis cluster" if cluster else "redis"
         options: dict[str, Any] = {
