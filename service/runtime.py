@@ -241,7 +241,7 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
             raise StartupError(f"cannot load the bundle (ELMREC_MODEL_DIR): {exc}") from exc
         try:
             store = make_store(settings.REDIS_URL, settings.REDIS_PREFIX, settings.HISTORY_MAX_LEN,
-                               settings.REDIS_TIMEOUT_S, metrics)
+                               settings.REDIS_TIMEOUT_S, metrics, cluster=settings.REDIS_CLUSTER)
         except ValueError as exc:
             raise StartupError(f"ELMREC_REDIS_URL is not a valid Redis URL: {exc}") from exc
     except BaseException:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = Field(default=None, description="history store; unset = in-process store")
     REDIS_PREFIX: str = Field(default="elmrec:", min_length=1, max_length=100, description="Redis key prefix")
     REDIS_TIMEOUT_S: float = Field(default=1.0, gt=0, le=30, description="Redis connect and socket timeout")
+    REDIS_CLUSTER: bool = Field(
+        default=False, description="REDIS_URL is a startup node of a Redis Cluster (cluster client)")
     API_KEY: SecretStr | None = Field(
         default=None, description="X-API-Key required on /recommend/*, /explain and /users/*; unset = open")
     DEVICE: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available")
@@ -47,3 +49,9 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.REDIS_CLUSTER and not self.REDIS_URL:
+            raise ValueError("ELMREC_REDIS_CLUSTER=true needs ELMREC_REDIS_URL (a startup node of a cluster)")
+        return self

@@ -2,18 +2,23 @@
 
 A store holds only what arrived online (external item ids, oldest first, capped at `max_len` per
 user); the training histories stay in the bundle and the recommender merges the two.
+
+Key layout (standalone Redis and Redis Cluster alike): one list per user at `<prefix>history:<user_id>`,
+and every operation touches that one key only, so an operation never crosses hash slots. No hash tag
+is used: on a cluster the users' keys spread over all slots, hence over all masters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import StoreUnavailableError
@@ -74,11 +79,18 @@ class InMemoryHistoryStore:
         return None
 
 
+# Everything the Redis clients raise: redis-py's cluster errors (e.g. no reachable startup node, a slot
+# no node serves) derive from RedisClusterException, which is not a RedisError.
+_REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+
+
 def _error_kind(exc: Exception) -> str:
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout"
     if isinstance(exc, RedisConnectionError | OSError):
         return "connection"
+    if isinstance(exc, ClusterError | RedisClusterException):  # CLUSTERDOWN, slot not covered, ...
+        return "cluster"
     if isinstance(exc, ResponseError):
         return "response"
     return "other"
@@ -87,27 +99,37 @@ def _error_kind(exc: Exception) -> str:
 class RedisHistoryStore:
     """One Redis list per user at `<prefix>history:<user_id>`; RPUSH + LTRIM in one MULTI/EXEC.
 
-    Every Redis failure becomes StoreUnavailableError (counted by kind); the connection pool
-    reconnects by itself on the next operation once Redis is back.
+    `cluster=True`: `url` is a startup node of a Redis Cluster (redis-py's asyncio cluster client finds
+    the other nodes and routes each key to the master of its slot). Every Redis failure becomes
+    StoreUnavailableError (counted by kind); the clients reconnect by themselves (and a cluster client
+    refreshes its slot map) on the next operation once Redis is back.
     """
 
     backend = "redis"
 
     def __init__(
         self, url: str, prefix: str, max_len: int, timeout_s: float = 1.0,
-        metrics: ServiceMetrics | None = None,
+        metrics: ServiceMetrics | None = None, *, cluster: bool = False,
     ) -> None:
         self.prefix = prefix
         self.max_len = max_len
         self._metrics = metrics
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-            health_check_interval=15,
-        )
+        self._label = "redis cluster" if cluster else "redis"
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            "health_check_interval": 15,
+        }
+        self._client: aioredis.Redis | RedisCluster
+        if cluster:
+            try:
+                self._client = RedisCluster.from_url(url, **options)
+            except RedisClusterException as exc:  # e.g. a database other than 0 in the URL
+                raise ValueError(f"{exc} (ELMREC_REDIS_CLUSTER=true)") from exc
+        else:
+            self._client = aioredis.Redis.from_url(url, **options)
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}history:{user_id}"
@@ -121,7 +143,7 @@ class RedisHistoryStore:
         if self._metrics is not None:
             self._metrics.store_errors.labels(op=op, kind=kind).inc()
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return StoreUnavailableError(op, kind, f"redis {kind} error on {op}: {detail}")
+        return StoreUnavailableError(op, kind, f"{self._label} {kind} error on {op}: {detail}")
 
     async def append(self, user_id: str, items: Sequence[str]) -> int:
         self._count("append")
@@ -132,7 +154,7 @@ class RedisHistoryStore:
                 pipe.ltrim(key, -self.max_len, -1)
                 pipe.llen(key)
                 _, _, length = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except _REDIS_FAILURES as exc:
             raise self._failure("append", exc) from exc
         return int(length)
 
@@ -140,15 +162,18 @@ class RedisHistoryStore:
         self._count("get")
         try:
             values = await self._client.lrange(self.key(user_id), 0, -1)
-        except (RedisError, OSError) as exc:
+        except _REDIS_FAILURES as exc:
             raise self._failure("get", exc) from exc
         return [str(v) for v in values]
 
     async def ping(self) -> None:
         self._count("ping")
         try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
+            if isinstance(self._client, RedisCluster):  # every master: each holds a share of the users
+                await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._client.ping()
+        except _REDIS_FAILURES as exc:
             raise self._failure("ping", exc) from exc
 
     async def close(self) -> None:
@@ -156,9 +181,10 @@ class RedisHistoryStore:
 
 
 def make_store(
-    redis_url: str | None, prefix: str, max_len: int, timeout_s: float, metrics: ServiceMetrics | None
+    redis_url: str | None, prefix: str, max_len: int, timeout_s: float, metrics: ServiceMetrics | None,
+    *, cluster: bool = False,
 ) -> HistoryStore:
-    """Redis when a URL is given, else the in-process store."""
+    """Redis (a Redis Cluster with `cluster`) when a URL is given, else the in-process store."""
     if redis_url:
-        return RedisHistoryStore(redis_url, prefix, max_len, timeout_s, metrics)
+        return RedisHistoryStore(redis_url, prefix, max_len, timeout_s, metrics, cluster=cluster)
     return InMemoryHistoryStore(max_len, metrics)

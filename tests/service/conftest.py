@@ -1,17 +1,21 @@
-"""Service fixtures: settings on the tiny bundle, a shared TestClient, Redis access and a TCP proxy."""
+"""Service fixtures: settings on the tiny bundle, a shared TestClient, Redis servers of the tests' own
+(`redis_servers.py`), Redis access and a TCP proxy."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from service_testkit import REDIS_HOST, REDIS_PORT, MakeSettings, TcpProxy, make_settings
+from redis_servers import RedisClusterServers, RedisServer
+from service_testkit import MakeSettings, TcpProxy, make_settings
 
 from model_store.bundle import Bundle, load_bundle
 from service.app import create_app
@@ -54,17 +58,62 @@ def client(settings_for: MakeSettings) -> Iterator[TestClient]:
         yield test_client
 
 
+TEST_REDIS_URL = "ELMREC_TEST_REDIS_URL"
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> str:
-    """The real Redis at 127.0.0.1:6379, or a skip saying it is not there."""
-    client = redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=0.5, socket_timeout=0.5)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of the Redis the tests share (each test under its own key prefix).
+
+    `ELMREC_TEST_REDIS_URL` names one (it must answer); otherwise a throwaway `redis-server` runs on
+    a free loopback port for the session.
+    """
+    given = os.environ.get(TEST_REDIS_URL, "").strip()
+    if given:
+        with contextlib.closing(redis.Redis.from_url(given, socket_connect_timeout=1, socket_timeout=1)) as c:
+            try:
+                c.ping()
+            except redis.RedisError as exc:
+                pytest.fail(f"{TEST_REDIS_URL}={given} does not answer: {exc}", pytrace=False)
+        yield given
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.kill()
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A `redis-server` of this test's own, AOF fsynced on every write (to kill and restart it)."""
+    server = RedisServer(tmp_path / "redis", aof=True)
+    server.start()
+    yield server
+    server.kill()
+
+
+@contextlib.contextmanager
+def running_cluster(folder: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(folder, masters=3)
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis tests need a Redis server at {REDIS_HOST}:{REDIS_PORT} ({exc})")
+        cluster.start()
+        yield cluster
     finally:
-        client.close()
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+        cluster.kill()
+
+
+@pytest.fixture()
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster of this test's own on loopback, AOF fsynced on every write (to kill nodes)."""
+    with running_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster the session shares (each test under its own key prefix; never killed)."""
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
 
 @contextlib.contextmanager
@@ -104,7 +153,8 @@ def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture()
 def redis_proxy(redis_server: str) -> Iterator[TcpProxy]:
-    proxy = TcpProxy((REDIS_HOST, REDIS_PORT))
+    target = urlsplit(redis_server)
+    proxy = TcpProxy((target.hostname or "localhost", target.port or 6379))
     proxy.start()
     yield proxy
     proxy.stop()

@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_testkit import free_port
-from test_reliability_shutdown import _serve, _wait_ready
+from service_testkit import free_port, serve_subprocess, wait_ready
 
 LEVELS = (1, 4, 16)
 SECONDS = float(os.environ.get("ELMREC_LOAD_SECONDS", "20"))
@@ -86,9 +85,9 @@ async def _level(base: str, concurrency: int, seconds: float, seed: int) -> dict
 async def test_bounded_load_has_no_errors_and_flat_memory(service_bundle: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _serve(service_bundle, port)
+    proc = serve_subprocess(service_bundle, port)
     try:
-        await asyncio.to_thread(_wait_ready, proc, base)
+        await asyncio.to_thread(wait_ready, proc, base)
         rounds: list[dict[str, Any]] = []
         for r in range(ROUNDS):
             levels = [await _level(base, c, SECONDS, seed=r * 10 + c) for c in LEVELS]

@@ -1,8 +1,8 @@
 """Redis killed (-9) under traffic and restarted: no 500s, self-sufficient requests keep answering, store
 requests get 503 with a reason, readiness flips and recovers, and no acknowledged write is lost (AOF always).
 
-The test runs its own `redis-server` on a free loopback port with its own data folder (skipped, saying so,
-where `redis-server` is not installed). The default suite runs one kill cycle with short phases;
+The test runs its own `redis-server` on a free loopback port with its own data folder (the `own_redis`
+fixture of `redis_servers.py`). The default suite runs one kill cycle with short phases;
 `pytest -m slow tests/service/test_reliability_redis_faults.py` runs three cycles with longer ones.
 """
 
@@ -10,71 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
-import redis
-from service_testkit import MakeSettings, free_port
+from redis_servers import RedisServer
+from service_testkit import MakeSettings, assert_acknowledged_writes_kept
 
 from service.app import create_app
 
-REDIS_SERVER = shutil.which("redis-server")
 PREFIX = "faults:"
 WRITERS = 6
 ITEMS = [str(i) for i in range(1, 31)]  # the tiny bundle's catalogue
-
-
-class RedisProcess:
-    """A redis-server of the test's own: AOF fsynced on every write, so an acknowledged write is on disk."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with contextlib.closing(redis.Redis(port=self.port, socket_timeout=0.2)) as client:
-                    client.ping()
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final save; only what the AOF already holds survives."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
-
-
-@pytest.fixture()
-def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed: the Redis fault test needs its own server")
-    server = RedisProcess(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 @dataclass
@@ -135,9 +84,9 @@ async def _traffic(client: httpx.AsyncClient, log: Log, stop: asyncio.Event) -> 
     pytest.param(3, 4.0, id="three-kills", marks=pytest.mark.slow),
 ])
 async def test_redis_killed_and_restarted_under_traffic(
-    settings_for: MakeSettings, redis_process: RedisProcess, cycles: int, phase_s: float
+    settings_for: MakeSettings, own_redis: RedisServer, cycles: int, phase_s: float
 ) -> None:
-    settings = settings_for(REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0", REDIS_PREFIX=PREFIX,
+    settings = settings_for(REDIS_URL=own_redis.url, REDIS_PREFIX=PREFIX,
                             REDIS_TIMEOUT_S=0.3, HISTORY_MAX_LEN=10_000, MAX_WAIT_MS=2)
     app = create_app(settings)
     log = Log()
@@ -149,9 +98,9 @@ async def test_redis_killed_and_restarted_under_traffic(
         await asyncio.sleep(phase_s)
         for _ in range(cycles):
             log.phase = "down"
-            redis_process.kill()
+            own_redis.kill()
             await asyncio.sleep(phase_s)
-            redis_process.start()
+            own_redis.start()
             log.phase = "back"
             deadline = time.monotonic() + 10
             while (await client.get("/health/ready")).status_code != 200:
@@ -176,10 +125,8 @@ async def test_redis_killed_and_restarted_under_traffic(
     assert final_ready.status_code == 200
 
     # every acknowledged write survived the kills, in order; extra items only from refused attempts
-    with contextlib.closing(redis_process.client()) as check:
+    with contextlib.closing(own_redis.client()) as check:
         for user, acked in log.acked.items():
             stored = check.lrange(f"{PREFIX}history:{user}", 0, -1)
-            remaining = iter(stored)
-            assert all(item in remaining for item in acked), f"{user}: an acknowledged write was lost"
-            assert len(acked) <= len(stored) <= len(acked) + log.refused[user], user
+            assert_acknowledged_writes_kept(user, stored, acked, log.refused[user])
     assert sum(len(a) for a in log.acked.values()) > 20

@@ -6,43 +6,16 @@ Slow (a fresh interpreter imports torch): `pytest -m slow tests/service/test_rel
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from service_testkit import free_port
+from service_testkit import free_port, serve_subprocess, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
 IN_FLIGHT = 6
-
-
-def _serve(bundle: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELMREC_")}
-    env.update(ELMREC_MODEL_DIR=str(bundle), ELMREC_PORT=str(port), ELMREC_HOST="127.0.0.1",
-               ELMREC_DEVICE="cpu", ELMREC_LOG_LEVEL="warning", PYTHONPATH=str(REPO), **extra)
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + 180  # a fresh interpreter imports torch: slow on a busy 2-core machine
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"the service exited before it was ready:\n{out}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail("the service was not ready within 180 s")
 
 
 def _wait_in_flight(base: str, n: int) -> None:
@@ -61,10 +34,10 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(service_bundle
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # a batch waits up to 1 s to fill: the requests are still in flight when SIGTERM arrives
-    proc = _serve(service_bundle, port, ELMREC_MAX_WAIT_MS="1000", ELMREC_MAX_BATCH="64",
+    proc = serve_subprocess(service_bundle, port, ELMREC_MAX_WAIT_MS="1000", ELMREC_MAX_BATCH="64",
                   ELMREC_SHUTDOWN_TIMEOUT_S="20")
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base)
 
         def request(i: int) -> int:
             body = {"user_id": str(i + 1), "candidates": ["3", "4", "5"], "k": 2}

@@ -47,3 +47,12 @@ def test_refuses_bad_values(monkeypatch: pytest.MonkeyPatch, name: str, value: s
     monkeypatch.setenv(f"ELMREC_{name}", value)
     with pytest.raises(ValidationError, match=name):
         Settings()
+
+
+def test_redis_cluster_needs_a_startup_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ELMREC_REDIS_URL", raising=False)
+    monkeypatch.setenv("ELMREC_REDIS_CLUSTER", "true")
+    with pytest.raises(ValidationError, match="ELMREC_REDIS_CLUSTER=true needs ELMREC_REDIS_URL"):
+        Settings()
+    monkeypatch.setenv("ELMREC_REDIS_URL", "redis://10.0.0.5:7000")
+    assert Settings().REDIS_CLUSTER is True

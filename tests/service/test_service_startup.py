@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,13 +12,11 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from service_testkit import free_port, make_settings
+from service_testkit import free_port, make_settings, serve_subprocess, stop_subprocess
 
 import service.__main__ as service_main
 from service.app import create_app
 from service.errors import StartupError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(settings_app: object) -> None:
@@ -84,11 +79,7 @@ def test_main_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch, se
 def test_python_dash_m_service_serves(service_bundle: Path) -> None:
     """The real entry point in a subprocess (slow: a fresh interpreter imports torch)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELMREC_")}
-    env.update(ELMREC_MODEL_DIR=str(service_bundle), ELMREC_PORT=str(port), ELMREC_HOST="127.0.0.1",
-               ELMREC_DEVICE="cpu", ELMREC_LOG_LEVEL="warning", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = serve_subprocess(service_bundle, port)
     try:
         deadline = time.monotonic() + 45
         ready = None
@@ -106,9 +97,4 @@ def test_python_dash_m_service_serves(service_bundle: Path) -> None:
                             json={"user_id": "1", "candidates": ["3", "4", "5"], "k": 2}, timeout=10)
         assert answer.status_code == 200 and len(answer.json()["items"]) == 2
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_subprocess(proc)

@@ -1,11 +1,13 @@
-"""History stores: one behavioural suite run on the in-process store and on the real Redis."""
+"""History stores: one behavioural suite on the in-process store, a real Redis and a real Redis Cluster."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from redis_servers import RedisClusterServers
 from service_testkit import free_port
 
 from service.errors import StoreUnavailableError
@@ -15,15 +17,19 @@ from service.store import HistoryStore, InMemoryHistoryStore, RedisHistoryStore,
 MAX_LEN = 5
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[HistoryStore]:
     metrics = ServiceMetrics(process=False)
     made: HistoryStore
     if request.param == "memory":
         made = InMemoryHistoryStore(MAX_LEN, metrics)
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_server")
         made = RedisHistoryStore(url, request.getfixturevalue("redis_prefix"), MAX_LEN, 1.0, metrics)
+    else:
+        cluster: RedisClusterServers = request.getfixturevalue("shared_redis_cluster")
+        prefix = f"store-{uuid.uuid4().hex}:"
+        made = RedisHistoryStore(cluster.url, prefix, MAX_LEN, 1.0, metrics, cluster=True)
     yield made
     await made.close()
 
