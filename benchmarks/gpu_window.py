@@ -51,8 +51,9 @@ DATA = "data/beauty"  # tracked in git: it travels with the working tree
 # in the order they run; GPU-only stages may be skipped with a reason, the others should be ok
 STAGES = ("wheels", "probe", "train", "eval", "engine", "serve", "onnx-cuda", "eval-graph")
 # seconds per stage: upper bounds, each clipped to what is left of the window
-BUDGETS: dict[str, float] = {"wheels": 60, "probe": 60, "train": 240, "eval": 90, "engine": 75, "serve": 75,
-                             "onnx-cuda": 90, "eval-graph": 90}
+# (expected on an H200: train 1.5-2.5 min, eval about a minute, the others well under their caps; guesses)
+BUDGETS: dict[str, float] = {"wheels": 60, "probe": 60, "train": 240, "eval": 150, "engine": 75,
+                             "serve": 100, "onnx-cuda": 90, "eval-graph": 90}
 # the CPU rehearsal's caps are loose: a shared 2-core machine can be several times oversubscribed
 DRY_BUDGETS: dict[str, float] = {"wheels": 60, "probe": 120, "train": 240, "eval": 150, "engine": 150,
                                  "serve": 240, "onnx-cuda": 240, "eval-graph": 150}
@@ -213,9 +214,10 @@ class Window:
             try:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                stop_group(proc)
                 raise StageFailed("timeout", f"{label or shlex.join(argv[:4])} passed the stage's "
                                   f"{stage.budget_s:.0f} s budget (or the window's end)") from None
+            finally:  # on a timeout, and when this script is stopped (SIGTERM) mid-command
+                stop_group(proc)
         stage.returncode = code
         if check and code != 0:
             raise StageFailed("failed", f"{label or shlex.join(argv[:4])} exited with {code}")
@@ -247,6 +249,10 @@ class Window:
             stage.status, stage.reason = failure.status, str(failure)
         except Exception as exc:  # a bug of this script: recorded, and the window goes on
             stage.status, stage.reason = "failed", f"{type(exc).__name__}: {exc}"
+        except SystemExit as exc:  # SIGTERM: the command's group is already stopped; record, then stop
+            stage.status, stage.reason = "failed", f"the window was stopped (exit {exc.code})"
+            stage.seconds = round(time.monotonic() - started, 2)
+            raise
         finally:
             self.current = None
         stage.seconds = round(time.monotonic() - started, 2)
@@ -271,13 +277,16 @@ class Window:
         self.started_iso = now_iso()
         print(f"[gpu_window] {self.s.command}\n[gpu_window] out {self.s.out}, work {self.s.work}, "
               f"window {self.s.window_s:.0f} s", flush=True)
-        for name in STAGES:
-            self.stage(name)
-        summary = self.write_summary(final=True)
-        print(table(summary), flush=True)
-        if self.s.pack:
-            packed = pack(self.s.out)
-            print(f"[gpu_window] packed {packed}", flush=True)
+        previous = signal.signal(signal.SIGTERM, _terminated)  # children are stopped, summary written
+        try:
+            for name in STAGES:
+                self.stage(name)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            summary = self.write_summary(final=True)
+            print(table(summary), flush=True)
+            if self.s.pack:
+                print(f"[gpu_window] packed {pack(self.s.out)}", flush=True)
         return summary
 
     def write_summary(self, final: bool = False) -> dict[str, Any]:
@@ -295,7 +304,7 @@ class Window:
             "dry": self.s.dry,
             "preset": self.s.preset,
             "limit_users": self.s.limit_users,
-            "git_commit": git_commit(),
+            "git_commit": os.environ.get("GIT_COMMIT") or git_commit(),
             "environment": {k: p.get(k) for k in ("python", "torch", "cuda", "transformers", "packages",
                                                    "onnxruntime_providers") if k in p},
             "stages": [st.as_dict() for st in self.stages],
@@ -445,6 +454,10 @@ class Window:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def stop_group(proc: subprocess.Popen[Any]) -> None:
     """End a process group this script started (SIGTERM, then SIGKILL after a grace period)."""
     if proc.poll() is not None:
@@ -498,6 +511,31 @@ def pack(out: Path) -> Path:
     for name in ("results", "logs", "bundle"):
         shutil.rmtree(out / name, ignore_errors=True)
     return archive
+
+
+def record(folder: Path, dest: Path) -> list[Path]:
+    """Copy a window's result JSONs (from its tarball, or its results/ folder) into `dest`, and its
+    summary.json as `gpu_window-<device kind>-<date>.json`; returns the files written."""
+    summary = json.loads((folder / "summary.json").read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    archives = sorted(folder.glob("gpu_window-*.tar.gz"))
+    if archives:
+        with tarfile.open(archives[-1]) as tar:
+            for member in tar.getmembers():
+                path = Path(member.name)
+                if member.isfile() and path.parent == Path("results") and path.suffix == ".json":
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    (dest / path.name).write_bytes(source.read())
+                    written.append(dest / path.name)
+    else:
+        for path in sorted((folder / "results").glob("*.json")):
+            shutil.copyfile(path, dest / path.name)
+            written.append(dest / path.name)
+    target = dest / f"gpu_window-{summary['device_kind']}-{summary['date']}.json"
+    target.write_text(json.dumps(summary, indent=2) + "\n")
+    return [*written, target]
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -570,10 +608,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_window", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", default=None, help="output folder (default: the OUT variable)")
+    p.add_argument("--record", type=Path, default=None, metavar="FOLDER",
+                   help="copy the results of a finished window (the folder holding its summary.json and "
+                        "tarball, e.g. the device tool's files_at) into --results, then stop")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help=argparse.SUPPRESS)
     p.add_argument("--probe", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--command", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.record is not None:
+        for path in record(args.record, args.results):
+            print(f"wrote {path}")
+        return 0
     if args.probe is not None:
         probe(args.probe, args.device, args.command)
         return 0

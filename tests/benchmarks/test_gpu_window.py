@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -130,6 +132,18 @@ def test_pack_leaves_few_files(dry_run: tuple[Path, Path, float, str], tmp_path:
     assert any(n.startswith("logs/") for n in names) and "bundle/metrics.json" in names
 
 
+def test_record_copies_results_and_summary(dry_run: tuple[Path, Path, float, str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(dry_run[0], out)
+    loose = gpu_window.record(out, tmp_path / "loose")
+    gpu_window.pack(out)
+    packed = gpu_window.record(out, tmp_path / "packed")
+    date = _summary(out)["date"]
+    assert sorted(p.name for p in loose) == sorted(p.name for p in packed)
+    assert {p.name for p in packed} == {f"{n}-cpu-{date}.json" for n in (*EXPECTED, "gpu_window")}
+    assert json.loads((tmp_path / "packed" / f"gpu_window-cpu-{date}.json").read_text()) == _summary(out)
+
+
 class _Rigged(Window):
     """A window whose first stages are quick stand-ins (a hung training); the rest as written."""
 
@@ -174,3 +188,29 @@ def test_failing_command_and_exhausted_window(tmp_path: Path) -> None:
     assert stages["eval"]["status"] == "ok" and stages["eval"]["seconds"] >= 4
     assert all(stages[n]["status"] == "skipped" and stages[n]["reason"].startswith("window exhausted")
                for n in STAGES[4:])
+
+
+def test_sigterm_stops_the_running_command_and_writes_the_summary(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+
+    class Stopped(_Rigged):
+        def stage_train(self, stage: Stage) -> None:
+            def stop_when_started() -> None:
+                deadline = time.monotonic() + 60
+                while not pid_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=stop_when_started, daemon=True).start()
+            self.run(self.py("-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                   "time.sleep(60)"), "a training stopped from outside")
+
+    env = {"DRY": "1", "WORK": str(tmp_path / "work"), "PACK": "1"}
+    with pytest.raises(SystemExit):
+        Stopped(Settings.from_env(str(tmp_path / "out"), env)).go()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # the command's process group was ended
+    summary = _summary(tmp_path / "out")
+    assert [st["name"] for st in summary["stages"]] == ["wheels", "probe", "train"]
+    assert summary["stages"][-1]["status"] == "failed" and "stopped" in summary["stages"][-1]["reason"]
+    assert summary["finished"] and list((tmp_path / "out").glob("gpu_window-*.tar.gz"))
