@@ -22,6 +22,8 @@ Times `evaluate_direct` (exact likelihood of the positive and its 99 negatives, 
 `evaluate_sequential` (constrained beam of max(beam, 10 + N) over all items, batches of 64 users) with
 the evaluator's own batching, on the first N test users (all by default). By default the T5 alone
 (`pure`, as the paper evaluates ELMRec); `--graph` times the bundle's graph-score ensemble instead.
+The JSON also carries HR/NDCG@5/10 of both tasks (sequential history-filtered, and unfiltered), so a
+run over all users is a full test evaluation.
 """
 
 
@@ -76,8 +78,20 @@ def _run(bundle_dir: Path, device: str, limit_users: int | None, graph: bool, co
         "sequential_beam": seq["beam"],
         "direct_ndcg@10": round(direct["ndcg@10"], 4),
         "sequential_ndcg@10": round(seq["ndcg@10"], 4),
+        "split": "test",
+        "direct_metrics": _metrics(direct),
+        "sequential_metrics": {**_metrics(seq), "history_filtered": True},
+        "sequential_unfiltered_metrics": _metrics(seq.get("unfiltered", {})),
         **environment(command),
     }
+
+
+METRICS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10")
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """HR and NDCG at 5 and 10 of an evaluator result (rounded to 4 places)."""
+    return {k: round(float(result[k]), 4) for k in METRICS if k in result}
 
 
 def summary(result: dict[str, Any]) -> str:
