@@ -331,7 +331,7 @@ class Window:
         self.env["PYTHONPATH"] = os.pathsep.join(x for x in (str(site), self.env.get("PYTHONPATH")) if x)
         stage.reason = f"{len(wheels)} wheels into {site}: " + ", ".join(w.name.split("-")[0] for w in wheels)
 
-    def stage_probe(self, stage: Stage) -> None:
+    def stage_probe(self, _stage: Stage) -> None:
         path = self.results / f"env-{self.s.device}-{today()}.json"
         self.run(self.py("-m", "benchmarks.gpu_window", "--probe", str(path), "--device", self.s.device,
                          "--command", self.s.command), "the environment probe")
@@ -373,19 +373,19 @@ class Window:
         name = f"train-{self.s.preset}-{self.s.device}-{today()}.json"
         (self.results / name).write_text(json.dumps(result, indent=2) + "\n")
 
-    def stage_eval(self, stage: Stage) -> None:
+    def stage_eval(self, _stage: Stage) -> None:
         self._needs_bundle()
         self.run(self.py("-m", "benchmarks.eval_speed", "--bundle", str(self.bundle), "--device",
                          self.s.device, "--json", "--out-dir", str(self.results)),
                  "full test evaluation (T5 alone)")
 
-    def stage_engine(self, stage: Stage) -> None:
+    def stage_engine(self, _stage: Stage) -> None:
         self._needs_bundle()
         self.run(self.py("-m", "benchmarks.engine", "--bundle", str(self.bundle), "--device", self.s.device,
                          "--users", str(self.s.engine_users), *self._dry_batches(), "--json", "--out-dir",
                          str(self.results)), "engine vs generate")
 
-    def stage_onnx_cuda(self, stage: Stage) -> None:
+    def stage_onnx_cuda(self, _stage: Stage) -> None:
         self._needs_bundle()
         device = self.s.onnx_device
         if device == "cuda" and not self.probe.get("cuda_available"):
@@ -429,7 +429,7 @@ class Window:
         finally:
             stop_group(proc)
 
-    def stage_eval_graph(self, stage: Stage) -> None:
+    def stage_eval_graph(self, _stage: Stage) -> None:
         self._needs_bundle()
         self.run(self.py("-m", "benchmarks.eval_speed", "--bundle", str(self.bundle), "--device",
                          self.s.device, "--graph", "--json", "--out-dir", str(self.results)),
@@ -454,7 +454,7 @@ class Window:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _terminated(signum: int, frame: Any) -> None:
+def _terminated(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
