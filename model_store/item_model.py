@@ -52,6 +52,8 @@ class ItemElmrecModel(nn.Module):
                                      "num_layers": config.num_decoder_layers})
         self.encoder = T5Stack(enc_config)
         self.decoder = T5Stack(dec_config)
+        for stack in (self.encoder, self.decoder):  # unused (inputs_embeds only): frozen, so DDP skips them
+            stack.embed_tokens.weight.requires_grad_(False)
         self.prompts = nn.Parameter(torch.randn(max(config.n_prompts, 1), config.d_model) * config.init_std)
         self.register_buffer("omega_items", omega_items.float(), persistent=False)
         self.omega_proj = nn.Linear(config.omega_dim, config.d_model, bias=False)

@@ -256,7 +256,7 @@ class Trainer:
                 find_unused_parameters=prepared.model_config.kind == "digits")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.lr,
                                            weight_decay=preset.weight_decay, betas=(0.9, preset.beta2))
-        self.state = TrainState.start(preset.selection)
+        self.state = TrainState.start(preset.selection, preset.patience)
         self.best = {key: copy.deepcopy(self.model) for key in self.state.best}
         self.valid_users = sample_users(prepared.data.n_users, preset.eval_users, spec.seed)
         self.steps_per_epoch = len(self._plan(0))
@@ -282,7 +282,7 @@ class Trainer:
         if not (self.spec.resume and recover_checkpoint(self.spec.checkpoint_dir)):
             return
         raw = load_checkpoint(self.spec.checkpoint_dir, self.model, self.optimizer, self.best)
-        self.state = TrainState.from_json(raw)
+        self.state = TrainState.from_json(raw, self.preset.patience)
         if self.state.stopped in ("time", "max-steps"):
             self.state.stopped = ""  # an interrupted run goes on; a finished or early-stopped one does not
         with warnings.catch_warnings():  # the schedule replayed to the global step
@@ -365,7 +365,7 @@ class Trainer:
                     if self.rank == 0:
                         self.validate()
                         self.checkpoint(seconds_before + time.monotonic() - loop_start)
-                        early = state.bad_evals >= preset.patience
+                        early = state.should_stop
                     if self._agree(early):
                         state.stopped = "early-stopping"
                         break
