@@ -403,17 +403,18 @@ def train(spec: RunSpec) -> Path | None:
         logger.warning("the %.0f-minute cap stopped training at step %d, before max_steps=%d: this model "
                        "differs from the preset's reference model (recorded in metrics.json)",
                        max_minutes or 0, state.step, preset.max_steps)
-    if trainer.rank != 0:
-        _finish_distributed()
-        return None
-    best = {key: model.cpu() for key, model in trainer.best.items()}
-    path = finish(spec, preset, prepared, best, state, trainer.device, started, len(reviews))
+    rank, device, best = trainer.rank, trainer.device, trainer.best
+    del trainer  # the DDP wrapper goes before its process group, on every rank alike
     _finish_distributed()
-    return path
+    if rank != 0:
+        return None
+    return finish(spec, preset, prepared, best, state, device, started, len(reviews))
 
 
 def _finish_distributed() -> None:
+    """All ranks meet once more after training, then leave the process group (only rank 0 goes on)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
