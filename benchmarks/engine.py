@@ -326,6 +326,10 @@ def _run(
     from training.evaluate import sample_users, split_cases
 
     bundle = load_bundle(bundle_dir)
+    if bundle.config.model.kind != "digits":
+        raise SystemExit(f"{bundle_dir}: engine-vs-generate measures the digit-id kind's beam search; this "
+                         f"bundle's model kind is {bundle.config.model.kind!r} (one exact decoder pass per "
+                         "history: measure it with python -m benchmarks.serve or benchmarks.eval_speed)")
     engine = bundle.engine(device)
     other = bundle.engine(device, backend="onnx") if backend == "onnx" else None
     onnx_same: list[float] = []

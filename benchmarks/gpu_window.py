@@ -173,6 +173,11 @@ class StageFailed(Exception):
         self.status = status
 
 
+def model_kind(bundle: Path) -> str:
+    """The bundle's model kind ("items" or "digits")."""
+    return str(json.loads((bundle / "config.json").read_text())["model"].get("kind", "digits"))
+
+
 class Skip(Exception):
     """A stage that cannot run here: the reason."""
 
@@ -381,12 +386,14 @@ class Window:
 
     def stage_engine(self, _stage: Stage) -> None:
         self._needs_bundle()
+        self._needs_digits("engine vs generate")
         self.run(self.py("-m", "benchmarks.engine", "--bundle", str(self.bundle), "--device", self.s.device,
                          "--users", str(self.s.engine_users), *self._dry_batches(), "--json", "--out-dir",
                          str(self.results)), "engine vs generate")
 
     def stage_onnx_cuda(self, _stage: Stage) -> None:
         self._needs_bundle()
+        self._needs_digits("the ONNX backend")
         device = self.s.onnx_device
         if device == "cuda" and not self.probe.get("cuda_available"):
             raise Skip("GPU-only: torch sees no CUDA device here (ONNX_DEVICE=cpu runs the CPU provider)")
@@ -449,6 +456,12 @@ class Window:
             train = next((st for st in self.stages if st.name == "train"), None)
             raise Skip(f"no bundle (train {train.status if train else 'did not run'})")
 
+
+    def _needs_digits(self, what: str) -> None:
+        """Stages that measure the digit-id engine's beam search (an items bundle ranks in one pass)."""
+        if model_kind(self.bundle) != "digits":
+            raise Skip(f"{what} measures the digit-id kind's beam search; this bundle's model kind is "
+                       f"{model_kind(self.bundle)!r} (exact one-pass ranking: see the eval and serve stages)")
     def _dry_batches(self) -> list[str]:
         return ["--batch-users", "4", "--batched-users", "8"] if self.s.dry else []
 
