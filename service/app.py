@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
     for router in (recommend, users, health, info, admin):
         app.include_router(router)
+    metrics.init_routes(app.router.routes)
     if settings.API_KEY is None:
         app.openapi = key_optional_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
