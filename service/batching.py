@@ -5,10 +5,11 @@ whichever comes first; it then runs on the given executor (one thread, shared by
 because the inference engine is not thread-safe), so the event loop never blocks on the model.
 
 Overload is shed, not queued: at most `max_queue` jobs wait per batcher (more are refused at once
-with OverloadedError), and a job has `timeout_s` from its submission to its answer (else
-DeadlineExceededError at that moment). A job whose deadline has passed, or would pass before a batch
-of its task typically finishes, or whose caller has gone (its `submit` cancelled) is taken out of
-the queue before any compute.
+with OverloadedError), and a job has `timeout_s` from its HTTP request's arrival (`service.arrival`;
+from its submission outside a request) to its answer, else DeadlineExceededError at that moment. A
+job whose deadline has passed, or would pass before a batch of its task typically finishes (the
+recent average, at most half the deadline), or whose caller has gone (its `submit` cancelled) is
+taken out of the queue before any compute.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from service.arrival import ARRIVAL
 from service.errors import DeadlineExceededError, NotReadyError, OverloadedError
 from service.metrics import ServiceMetrics, ShedReason
 
@@ -114,7 +116,7 @@ class MicroBatcher(Generic[JobT, ResultT]):
         """Queue `job` and wait for its result (the job's own exception if it failed).
 
         Raises OverloadedError at once when `max_queue` jobs are already waiting, and
-        DeadlineExceededError when no answer came within `timeout_s`. Cancelling the caller
+        DeadlineExceededError when no answer came within `timeout_s` of the arrival. Cancelling the caller
         (a client that went away) takes a job that has not started out of the queue.
         """
         if self._closed or not self.running:
@@ -125,7 +127,8 @@ class MicroBatcher(Generic[JobT, ResultT]):
                 f"overloaded: {len(self._pending)} {self.task} requests are already waiting for the model "
                 f"(ELMREC_MAX_QUEUE={self.max_queue}); retry later", reason="queue_full")
         loop = asyncio.get_running_loop()
-        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
+        arrived = ARRIVAL.get()  # the HTTP request's arrival; else now
+        deadline = None if self.timeout_s is None else (arrived or loop.time()) + self.timeout_s
         pending: _Pending[JobT, ResultT] = _Pending(job, loop.create_future(), deadline)
         self._pending.append(pending)
         self._gauge(+1)
@@ -167,14 +170,20 @@ class MicroBatcher(Generic[JobT, ResultT]):
         self._shed("deadline")
         assert self.timeout_s is not None
         return DeadlineExceededError(
-            f"deadline exceeded: no {self.task} answer within {1000 * self.timeout_s:g} ms "
-            "(ELMREC_REQUEST_TIMEOUT_MS); the service is overloaded, retry later", reason="deadline")
+            f"deadline exceeded: no {self.task} answer within {1000 * self.timeout_s:g} ms of the request's "
+            "arrival (ELMREC_REQUEST_TIMEOUT_MS); the service is overloaded, retry later", reason="deadline")
+
+    def _expected_batch_seconds(self) -> float:
+        """How long a batch is expected to take: the recent average, but never more than half the
+        deadline, so that a job with half its time left is always computed (and the average keeps
+        learning: a slow past cannot refuse every job forever)."""
+        return self.batch_seconds if self.timeout_s is None else min(self.batch_seconds, self.timeout_s / 2)
 
     def _admit(self, pending: _Pending[JobT, ResultT], now: float) -> bool:
         """Whether a job taken from the queue is computed; one that cannot make its deadline fails now."""
         if pending.future.done():  # already answered (shutdown) or cancelled
             return False
-        if pending.deadline is not None and pending.deadline - now < self.batch_seconds:
+        if pending.deadline is not None and pending.deadline - now < self._expected_batch_seconds():
             pending.future.set_exception(self._expired())
             return False
         pending.started = True

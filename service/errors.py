@@ -64,7 +64,7 @@ class OverloadedError(ServiceError):
 
 
 class DeadlineExceededError(ServiceError):
-    """No model answer within ELMREC_REQUEST_TIMEOUT_MS of the request reaching its batcher (503)."""
+    """No model answer within ELMREC_REQUEST_TIMEOUT_MS of the request's arrival (503)."""
 
     status_code = 503
 

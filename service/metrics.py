@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Literal, get_args
@@ -21,6 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.arrival import ARRIVAL
 from service.schemas import Fallback
 
 __all__ = ["CONTENT_TYPE_LATEST", "RequestMetricsMiddleware", "ServiceMetrics", "ShedReason"]
@@ -141,7 +143,8 @@ def route_template(scope: Scope, routes: list[BaseRoute]) -> str:
 
 
 class RequestMetricsMiddleware:
-    """Times every HTTP request into `elmrec_request_duration_seconds` and counts requests in flight."""
+    """Times every HTTP request into `elmrec_request_duration_seconds`, counts requests in flight, and
+    marks the request's arrival (`service.arrival.ARRIVAL`) for the deadline."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: list[BaseRoute]) -> None:
         self.app = app
@@ -162,9 +165,11 @@ class RequestMetricsMiddleware:
             await send(message)
 
         self.metrics.requests_in_flight.inc()
+        arrived = ARRIVAL.set(asyncio.get_running_loop().time())
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            ARRIVAL.reset(arrived)
             self.metrics.requests_in_flight.dec()
             self.metrics.request_duration.labels(
                 route=route_template(scope, self.routes), method=scope.get("method", ""), status=str(status)

@@ -134,7 +134,7 @@ def make_batcher(
 ) -> MicroBatcher[JobT, ResultT]:
     """A task's batcher with the settings' batching, admission-queue and deadline limits."""
     return MicroBatcher(task, run, executor, settings.MAX_BATCH, settings.MAX_WAIT_MS / 1000.0, metrics,
-                        max_queue=settings.MAX_QUEUE, timeout_s=settings.REQUEST_TIMEOUT_MS / 1000.0)
+                        max_queue=settings.max_queue, timeout_s=settings.REQUEST_TIMEOUT_MS / 1000.0)
 
 
 def serve_bundle(

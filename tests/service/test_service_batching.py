@@ -227,17 +227,31 @@ async def test_a_job_past_its_deadline_is_answered_503_at_the_deadline_and_never
 async def test_a_job_that_cannot_make_its_deadline_is_dropped_before_compute(
         executor: ThreadPoolExecutor) -> None:
     metrics = ServiceMetrics(process=False)
-    model = Recorder(delay=0.2)
-    batcher: MicroBatcher[int, int] = MicroBatcher("test", model, executor, 1, 0.0, metrics, timeout_s=1.0)
+    model = Recorder(delay=0.5)
+    batcher: MicroBatcher[int, int] = MicroBatcher("test", model, executor, 1, 0.0, metrics, timeout_s=0.8)
     batcher.start()
     try:
-        assert await batcher.submit(1) == 2
-        assert batcher.batch_seconds > 0.05  # a batch takes about 0.2 s here
-        batcher.batch_seconds = 10.0  # as if batches took 10 s: no job can be answered within 1 s
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        batcher.batch_seconds = 10.0  # as if batches took 10 s: counted as half the deadline, 0.4 s
+        started = time.perf_counter()
         with pytest.raises(DeadlineExceededError):
-            await batcher.submit(2)
-        assert model.batches == [[1]]
+            await batcher.submit(1)  # its turn comes after 0.45 s, with 0.35 s left: dropped then
+        assert time.perf_counter() - started < 0.7  # before its deadline (0.8 s)
+        assert await running == 0
+        assert model.batches == [[0]]  # job 1 never computed
         assert shed(metrics, "deadline") == 1
+    finally:
+        await batcher.stop()
+
+
+async def test_a_slow_past_does_not_refuse_every_job(executor: ThreadPoolExecutor) -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher("test", Recorder(), executor, 1, 0.0, timeout_s=1.0)
+    batcher.start()
+    try:
+        batcher.batch_seconds = 10.0  # longer than the deadline: a fresh job is still computed
+        assert await batcher.submit(4) == 8
+        assert batcher.batch_seconds < 10.0  # and the average learns
     finally:
         await batcher.stop()
 

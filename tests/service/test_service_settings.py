@@ -18,7 +18,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.MAX_CANDIDATES == 100
     assert settings.REDIS_URL is None and settings.API_KEY is None and settings.RERANK_EXTRA is None
     assert settings.DEVICE == "auto" and settings.BACKEND == "torch"
-    assert settings.MAX_QUEUE == 64 and settings.REQUEST_TIMEOUT_MS == 2000
+    assert settings.MAX_QUEUE is None and settings.max_queue == settings.MAX_BATCH == 32
+    assert settings.REQUEST_TIMEOUT_MS == 2000
 
 
 def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
