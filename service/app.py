@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
     for router in (recommend, users, health, info, admin):
         app.include_router(router)
-    metrics.init_routes(app.router.routes)
+        metrics.init_routes(router.routes)  # included without a prefix: the same path templates
     if settings.API_KEY is None:
         app.openapi = key_optional_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)

@@ -1,9 +1,10 @@
 """Overload at about 4x capacity against the service: load is shed instead of queued without bound.
 
-First the service's capacity is measured (closed loop, as many clients as fit in the running batch
-and the queue), then direct requests
-arrive open loop (at a fixed rate, whatever the answers) at 4x that capacity, then arrivals stop and
-single probe requests measure how soon latency is normal again. Asserted: answered (200) requests'
+The service holds MAX_BATCH + MAX_QUEUE requests (one batch computing, one waiting). First its
+capacity is measured with that many clients (closed loop), then 4x as many clients send direct
+requests back to back (a refused client waits the Retry-After its 503 gives: what a client told to
+retry does), as in the issue's experiment (256 concurrent clients), then they stop and single probe
+requests measure how soon latency is normal again. Asserted: answered (200) requests'
 p99 within ELMREC_REQUEST_TIMEOUT_MS, refusals fast and counted in /metrics, no other error, latency
 back to normal within 1 s of the load stopping, and (against the real process) resident memory flat.
 Both run the service's default ELMREC_MAX_QUEUE and ELMREC_REQUEST_TIMEOUT_MS.
@@ -14,7 +15,7 @@ req/s); on the tests' tiny bundle it costs about 2 ms, and the HTTP stack (and, 
 GIL shared with the client) would be the bottleneck instead. So:
 - the default suite's short version serves the tiny bundle under uvicorn in a thread of the test
   process with MAX_BATCH=4 and the model made to cost 80 ms per request (a sleep added to the batch
-  function: 12 req/s), so that 4x its capacity stays far below what the shared process can parse;
+  function: 12 req/s), so that the load stays far below what the shared process can parse;
 - the slow version runs the real `python -m service` (default settings) on a bundle trained with
   `--preset tiny --limit-users 300` on the bundled Beauty data, whose direct requests with 100
   candidates make the model the bottleneck for real (figures in docs/RELIABILITY.md):
@@ -51,9 +52,10 @@ from service.recommender import DirectJob
 from service.settings import Settings
 
 DIRECT = "/recommend/direct"
-OVERLOAD = 4.0  # offered load / measured capacity
+OVERLOAD = 4  # clients / requests the service holds (MAX_BATCH computing + MAX_QUEUE waiting)
 RECOVERY_BOUND_S = 1.0
 RSS_GROWTH_BOUND_MIB = 24.0
+RETRY_AFTER_S = 1.0  # what the service's 503 says
 MODEL_SECONDS_PER_REQUEST = 0.08  # the short version's model cost
 SHORT_MAX_BATCH = 4
 DEFAULTS = Settings.model_validate({})
@@ -103,26 +105,30 @@ async def baseline(client: httpx.AsyncClient, bodies: Bodies, n: int) -> list[fl
     return [(await post(client, bodies, i))[1] for i in range(n)]
 
 
-async def open_loop(client: httpx.AsyncClient, bodies: Bodies, rate: float, seconds: float,
-                    sample_rss: Callable[[], float]) -> tuple[list[tuple[str, float]], list[float], float]:
-    """Requests sent at `rate` per second for `seconds`; (outcomes, RSS samples, achieved rate)."""
-    tasks: list[asyncio.Task[tuple[str, float]]] = []
+async def crowd(client: httpx.AsyncClient, bodies: Bodies, clients: int, seconds: float,
+                sample_rss: Callable[[], float]) -> tuple[list[tuple[str, float]], list[float]]:
+    """`clients` clients sending back to back for `seconds`; one refused (503) waits its Retry-After
+    before its next request, as the answer asks. (outcomes, RSS samples every 0.5 s)."""
+    outcomes: list[tuple[str, float]] = []
     rss: list[float] = []
-    begin = time.perf_counter()
-    next_rss = begin
-    i = 0
-    while (now := time.perf_counter()) - begin < seconds:
-        due = int((now - begin) * rate) + 1
-        while i < due:
-            tasks.append(asyncio.create_task(post(client, bodies, i)))
-            i += 1
-        if now >= next_rss:
+    stop = time.perf_counter() + seconds
+
+    async def one(w: int) -> None:
+        i = w
+        while time.perf_counter() < stop:
+            outcome, latency = await post(client, bodies, i)
+            outcomes.append((outcome, latency))
+            if outcome.startswith("503"):
+                await asyncio.sleep(RETRY_AFTER_S)
+            i += clients
+
+    async def memory() -> None:
+        while time.perf_counter() < stop:
             rss.append(sample_rss())
-            next_rss += 0.5
-        await asyncio.sleep(0.002)
-    achieved = i / (time.perf_counter() - begin)
-    outcomes = await asyncio.gather(*tasks)  # the outstanding ones: the deadline bounds their wait
-    return outcomes, rss, achieved
+            await asyncio.sleep(0.5)
+
+    await asyncio.gather(memory(), *(one(w) for w in range(clients)))
+    return outcomes, rss
 
 
 async def probes(client: httpx.AsyncClient, bodies: Bodies, seconds: float) -> list[tuple[float, float]]:
@@ -170,13 +176,12 @@ def shed_counts(text: str) -> dict[str, float]:
 
 async def run_overload(base: str, bodies: Bodies, seconds: float, settings: Settings,
                        sample_rss: Callable[[], float]) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    held = settings.MAX_BATCH + settings.max_queue  # one batch computing, one waiting
+    limits = httpx.Limits(max_connections=OVERLOAD * held, max_keepalive_connections=OVERLOAD * held)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         idle = await baseline(client, bodies, 20)
-        clients = settings.MAX_BATCH + settings.max_queue  # one batch computing, one waiting
-        measured = await capacity(client, bodies, min(seconds, 5.0), clients=clients)
-        rate = OVERLOAD * measured
-        outcomes, rss, achieved = await open_loop(client, bodies, rate, seconds, sample_rss)
+        measured = await capacity(client, bodies, min(seconds, 5.0), clients=held)
+        outcomes, rss = await crowd(client, bodies, OVERLOAD * held, seconds, sample_rss)
         after = await probes(client, bodies, 2.0)
         metrics = (await client.get("/metrics")).text
     statuses: dict[str, int] = {}
@@ -186,11 +191,12 @@ async def run_overload(base: str, bodies: Bodies, seconds: float, settings: Sett
     refused = [latency for outcome, latency in outcomes if outcome == "503 queue_full"]
     normal_s = max(3 * float(np.percentile(idle, 95)), 0.05)
     return {
-        "idle": ms(idle), "capacity_rps": round(measured, 1), "offered_rps": round(rate, 1),
-        "achieved_offered_rps": round(achieved, 1), "overload_seconds": seconds,
+        "idle": ms(idle), "capacity_clients": held, "capacity_rps": round(measured, 1),
+        "overload_clients": OVERLOAD * held, "overload_seconds": seconds,
+        "sent_rps": round(len(outcomes) / seconds, 1),
         "requests": len(outcomes), "statuses": dict(sorted(statuses.items())),
         "answered_rps": round(len(ok) / seconds, 1), "answered": ms(ok), "refused_queue_full": ms(refused),
-        "capacity_clients": clients, "max_batch": settings.MAX_BATCH, "max_queue": settings.max_queue,
+        "max_batch": settings.MAX_BATCH, "max_queue": settings.max_queue,
         "deadline_ms": settings.REQUEST_TIMEOUT_MS,
         "shed_metrics_direct": shed_counts(metrics),
         "server_mean_batch_ms": mean(metrics, "elmrec_inference_duration_seconds", 1000),
@@ -205,7 +211,6 @@ async def run_overload(base: str, bodies: Bodies, seconds: float, settings: Sett
 
 def check(report: dict[str, Any]) -> None:
     statuses = report["statuses"]
-    assert report["achieved_offered_rps"] >= 2 * report["capacity_rps"], "the client could not overload"
     assert set(statuses) <= {"200", "503 queue_full", "503 deadline"}, statuses  # no 500, no client error
     assert statuses.get("503 queue_full", 0) > 0 and statuses.get("200", 0) > 0
     assert report["answered"]["p99_ms"] <= report["deadline_ms"], report["answered"]
@@ -277,8 +282,8 @@ async def test_overload_of_the_real_process_sheds_load_with_flat_memory(beauty_b
     report = {"protocol": f"real `python -m service` (default settings), bundle --preset tiny --limit-users "
                           f"300 on data/beauty, direct requests (test item + 99 negatives as candidates, "
                           "k=10); capacity = closed loop with MAX_BATCH + MAX_QUEUE clients, then "
-                          f"open loop at {OVERLOAD:g}x capacity for {seconds:g} s, then probes; "
-                          "one at a time; client on the same machine",
+                          f"{OVERLOAD}x as many clients for {seconds:g} s (a refused one waits Retry-After), "
+                          "then probes one at a time; client on the same machine",
               "device": "cpu", **report}
     print(json.dumps(report))
     if os.environ.get("ELMREC_OVERLOAD_REPORT"):
