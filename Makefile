@@ -31,10 +31,12 @@ lint: install
 typecheck: install
 	$(PYTHON) -m mypy
 
-# the slow reliability tests (load, SIGTERM, long fuzz, repeated Redis kills, killed training): docs/RELIABILITY.md
+# the slow reliability tests (load, overload, SIGTERM, long fuzz, repeated Redis kills, killed training):
+# docs/RELIABILITY.md
 test-reliability: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m slow -p no:cacheprovider tests/service/test_reliability_fuzz.py \
 		tests/service/test_reliability_redis_faults.py tests/service/test_reliability_shutdown.py \
-		tests/service/test_reliability_load.py tests/training/test_robustness.py
+		tests/service/test_reliability_load.py tests/service/test_reliability_overload.py \
+		tests/training/test_robustness.py
 
 check: lint typecheck test

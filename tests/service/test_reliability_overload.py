@@ -305,7 +305,6 @@ def beauty_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.slow
 async def serve_overloaded(bundle: Path, bodies: Bodies, seconds: float, **env: str) -> dict[str, Any]:
     """run_overload against a fresh `python -m service` on `bundle` with these ELMREC_* settings."""
     port = free_port()
@@ -320,6 +319,7 @@ async def serve_overloaded(bundle: Path, bodies: Bodies, seconds: float, **env: 
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 async def test_overload_of_the_real_process_sheds_load_with_flat_memory(beauty_bundle: Path) -> None:
     seconds = float(os.environ.get("ELMREC_OVERLOAD_SECONDS", "20"))
     bodies = encoded(request_bodies(load_bundle(beauty_bundle), "direct", 300, seed=0, candidates=100, k=10))
