@@ -3,8 +3,9 @@
 The service holds MAX_BATCH + MAX_QUEUE requests (one batch computing, one waiting). First its
 capacity is measured with that many clients (closed loop), then 4x as many clients send direct
 requests back to back (a refused client waits the Retry-After its 503 gives: what a client told to
-retry does), as in the issue's experiment (256 concurrent clients), then they stop and single probe
-requests measure how soon latency is normal again. Asserted: answered (200) requests'
+retry does), as in the issue's experiment (256 concurrent clients), then they stop. A second crowd
+then runs for 3 s and all its clients go away at once, mid-request; single probe requests sent from
+that moment measure how soon latency is normal again. Asserted: answered (200) requests'
 p99 within ELMREC_REQUEST_TIMEOUT_MS, refusals fast and counted in /metrics, no other error, latency
 back to normal within 1 s of the load stopping, and (against the real process) resident memory flat.
 Both run the service's default ELMREC_MAX_QUEUE and ELMREC_REQUEST_TIMEOUT_MS.
@@ -26,7 +27,6 @@ GIL shared with the client) would be the bottleneck instead. So:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -57,6 +57,7 @@ OVERLOAD = 4  # clients / requests the service holds (MAX_BATCH computing + MAX_
 RECOVERY_BOUND_S = 1.0
 RSS_GROWTH_BOUND_MIB = 24.0
 RETRY_AFTER_S = 1.0  # what the service's 503 says
+GO_AWAY_AFTER_S = 3.0  # the second crowd's life before all its clients disconnect
 MODEL_SECONDS_PER_REQUEST = 0.08  # the short version's model cost
 SHORT_MAX_BATCH = 4
 DEFAULTS = Settings.model_validate({})
@@ -100,11 +101,9 @@ class Connection:
                       if line.lower().startswith("content-length:"))
         return int(lines[0].split()[1]), await reader.readexactly(length)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self.streams is not None:
             self.streams[1].close()
-            with contextlib.suppress(OSError):
-                await self.streams[1].wait_closed()
             self.streams = None
 
 
@@ -117,7 +116,7 @@ async def post(connection: Connection, bodies: Bodies, i: int) -> tuple[str, flo
             outcome = f"503 {json.loads(payload).get('reason')}"
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         outcome = type(exc).__name__
-        await connection.close()
+        connection.close()
     return outcome, time.perf_counter() - started
 
 
@@ -134,7 +133,7 @@ async def capacity(base: str, bodies: Bodies, seconds: float, clients: int) -> f
             outcome, _ = await post(connection, bodies, i)
             done += outcome == "200"
             i += clients
-        await connection.close()
+        connection.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(clients)))
@@ -152,36 +151,49 @@ async def one_at_a_time(base: str, bodies: Bodies, seconds: float | None = None,
         outcome, latency = await post(connection, bodies, len(out))
         out.append((round(since, 3), outcome, latency))
         await asyncio.sleep(0.05)
-    await connection.close()
+    connection.close()
     return out
 
 
-async def crowd(base: str, bodies: Bodies, clients: int, seconds: float,
-                sample_rss: Callable[[], float]) -> tuple[list[tuple[str, float]], list[float]]:
+async def crowd(base: str, bodies: Bodies, clients: int, seconds: float, sample_rss: Callable[[], float],
+                abandon: bool = False) -> tuple[list[tuple[str, float]], list[float], int]:
     """`clients` clients sending back to back for `seconds`; one refused (503) waits its Retry-After
-    before its next request, as the answer asks. (outcomes, RSS samples every 0.5 s)."""
+    before its next request, as the answer asks. Then they finish their last request, or with
+    `abandon` they all go away at once (connections closed mid-request). (outcomes, RSS samples
+    every 0.5 s, requests abandoned)."""
     outcomes: list[tuple[str, float]] = []
     rss: list[float] = []
     stop = time.perf_counter() + seconds
+    in_flight = 0
 
     async def one(w: int) -> None:
+        nonlocal in_flight
         connection = Connection(base)
         i = w
-        while time.perf_counter() < stop:
-            outcome, latency = await post(connection, bodies, i)
-            outcomes.append((outcome, latency))
-            if outcome.startswith("503"):
-                await asyncio.sleep(RETRY_AFTER_S)
-            i += clients
-        await connection.close()
+        try:
+            while time.perf_counter() < stop:
+                in_flight += 1
+                outcome, latency = await post(connection, bodies, i)
+                in_flight -= 1
+                outcomes.append((outcome, latency))
+                if outcome.startswith("503"):
+                    await asyncio.sleep(RETRY_AFTER_S)
+                i += clients
+        finally:
+            connection.close()
 
     async def memory() -> None:
         while time.perf_counter() < stop:
             rss.append(sample_rss())
             await asyncio.sleep(0.5)
 
-    await asyncio.gather(memory(), *(one(w) for w in range(clients)))
-    return outcomes, rss
+    tasks = [asyncio.create_task(one(w)) for w in range(clients)]
+    await memory()
+    if abandon:
+        for task in tasks:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return outcomes, rss, in_flight if abandon else 0
 
 
 def recovery_seconds(points: list[tuple[float, float]], normal_s: float) -> float | None:
@@ -218,7 +230,9 @@ async def run_overload(base: str, bodies: Bodies, seconds: float, settings: Sett
     held = settings.MAX_BATCH + settings.max_queue  # one batch computing, one waiting
     idle = [latency for _, _, latency in await one_at_a_time(base, bodies, n=20)]
     measured = await capacity(base, bodies, min(seconds, 5.0), clients=held)
-    outcomes, rss = await crowd(base, bodies, OVERLOAD * held, seconds, sample_rss)
+    outcomes, rss, _ = await crowd(base, bodies, OVERLOAD * held, seconds, sample_rss)
+    # the issue's recovery case: the same crowd again, and then every client goes away at once
+    _, _, abandoned = await crowd(base, bodies, OVERLOAD * held, GO_AWAY_AFTER_S, sample_rss, abandon=True)
     after = [(since, latency) for since, outcome, latency in await one_at_a_time(base, bodies, seconds=2.0)
              if outcome == "200"]
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -242,6 +256,7 @@ async def run_overload(base: str, bodies: Bodies, seconds: float, settings: Sett
         "server_mean_batch_size": mean(metrics, "elmrec_inference_batch_size"),
         "server_mean_queue_wait_ms": mean(metrics, "elmrec_queue_wait_seconds", 1000),
         "rss_mib": [round(r, 1) for r in rss],
+        "abandoned_in_flight": abandoned,
         "normal_latency_bound_ms": round(1000 * normal_s, 1),
         "recovery_s": recovery_seconds(after, normal_s),
         "probes_after_stop": [{"since_stop_s": s, "ms": round(1000 * lat, 1)} for s, lat in after],
