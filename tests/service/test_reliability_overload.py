@@ -5,9 +5,11 @@ capacity is measured with that many clients (closed loop), then 4x as many clien
 requests back to back (a refused client waits the Retry-After its 503 gives: what a client told to
 retry does), as in the issue's experiment (256 concurrent clients), then they stop. A second crowd
 then runs for 3 s and all its clients go away at once, mid-request; single probe requests sent from
-that moment measure how soon latency is normal again. Asserted: answered (200) requests'
-p99 within ELMREC_REQUEST_TIMEOUT_MS, refusals fast and counted in /metrics, no other error, latency
-back to normal within 1 s of the load stopping, and (against the real process) resident memory flat.
+that moment measure how soon latency is normal again. Asserted: answered (200) requests' p99 within
+ELMREC_REQUEST_TIMEOUT_MS (x 1.1: the client's clock also holds the HTTP path outside the service's),
+refusals fast and counted in /metrics, no other error, latency back to normal within 1 s of the load
+stopping, and (against the real process) resident memory flat; and, for contrast, that the same load
+without the limits makes answers wait far past the deadline.
 Both run the service's default ELMREC_MAX_QUEUE and ELMREC_REQUEST_TIMEOUT_MS.
 
 The admission queue sheds load where the time goes: in front of the model. On the shipped small
@@ -55,7 +57,8 @@ from service.settings import Settings
 DIRECT = "/recommend/direct"
 OVERLOAD = 4  # clients / requests the service holds (MAX_BATCH computing + MAX_QUEUE waiting)
 RECOVERY_BOUND_S = 1.0
-RSS_GROWTH_BOUND_MIB = 24.0
+RSS_GROWTH_BOUND_MIB = 24.0  # peak RSS of the second half of the run over the first half's
+DEADLINE_SLACK = 1.1  # answered p99 seen by the client <= 1.1 x the deadline
 RETRY_AFTER_S = 1.0  # what the service's 503 says
 GO_AWAY_AFTER_S = 3.0  # the second crowd's life before all its clients disconnect
 MODEL_SECONDS_PER_REQUEST = 0.08  # the short version's model cost
@@ -267,7 +270,8 @@ def check(report: dict[str, Any]) -> None:
     statuses = report["statuses"]
     assert set(statuses) <= {"200", "503 queue_full", "503 deadline"}, statuses  # no 500, no client error
     assert statuses.get("503 queue_full", 0) > 0 and statuses.get("200", 0) > 0
-    assert report["answered"]["p99_ms"] <= report["deadline_ms"], report["answered"]
+    # within the deadline on the service's clock; the client's clock also holds the HTTP path around it
+    assert report["answered"]["p99_ms"] <= DEADLINE_SLACK * report["deadline_ms"], report["answered"]
     # refused without waiting in the queue (what they wait is the HTTP stack: the machine is shared)
     assert report["refused_queue_full"]["p50_ms"] < report["deadline_ms"] / 4, report["refused_queue_full"]
     shed = report["shed_metrics_direct"]
@@ -352,8 +356,8 @@ async def test_overload_of_the_real_process_sheds_load_with_flat_memory(beauty_b
     if os.environ.get("ELMREC_OVERLOAD_REPORT"):
         Path(os.environ["ELMREC_OVERLOAD_REPORT"]).write_text(json.dumps(report, indent=2))
     check(shedding)
-    rss = shedding["rss_mib"]
-    assert rss[-1] - rss[min(2, len(rss) - 1)] <= RSS_GROWTH_BOUND_MIB, rss  # after the first second
+    rss = shedding["rss_mib"]  # it swings with each batch's tensors: compare the peaks of the halves
+    assert max(rss[len(rss) // 2:]) - max(rss[: len(rss) // 2]) <= RSS_GROWTH_BOUND_MIB, rss
     # without the bound the queue only grows: answers far past the deadline, nothing refused
     assert unbounded["answered"]["p99_ms"] > 1.5 * unbounded["deadline_ms"], unbounded["answered"]
     assert "503 queue_full" not in unbounded["statuses"]
