@@ -127,8 +127,9 @@ class MicroBatcher(Generic[JobT, ResultT]):
                 f"overloaded: {len(self._pending)} {self.task} requests are already waiting for the model "
                 f"(ELMREC_MAX_QUEUE={self.max_queue}); retry later", reason="queue_full")
         loop = asyncio.get_running_loop()
-        arrived = ARRIVAL.get()  # the HTTP request's arrival; else now
-        deadline = None if self.timeout_s is None else (arrived or loop.time()) + self.timeout_s
+        arrived = ARRIVAL.get()  # the HTTP request's arrival; None outside a request: now
+        start = loop.time() if arrived is None else arrived
+        deadline = None if self.timeout_s is None else start + self.timeout_s
         pending: _Pending[JobT, ResultT] = _Pending(job, loop.create_future(), deadline)
         self._pending.append(pending)
         self._gauge(+1)
