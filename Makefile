@@ -32,12 +32,13 @@ lint: install
 typecheck: install
 	$(PYTHON) -m mypy
 
-# the slow reliability tests (load, SIGTERM, long fuzz, repeated Redis kills, a replica killed behind nginx
-# past its fail_timeout, killed training): docs/RELIABILITY.md, docs/DEPLOYMENT.md
+# the slow reliability tests (load, overload, SIGTERM, long fuzz, repeated Redis kills, a replica killed
+# behind nginx past its fail_timeout, killed training): docs/RELIABILITY.md, docs/DEPLOYMENT.md
 test-reliability: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m slow -p no:cacheprovider tests/service/test_reliability_fuzz.py \
 		tests/service/test_reliability_redis_faults.py tests/service/test_reliability_shutdown.py \
-		tests/service/test_reliability_load.py tests/service/test_reliability_replicas_proxy.py \
+		tests/service/test_reliability_load.py tests/service/test_reliability_overload.py \
+		tests/service/test_reliability_replicas_proxy.py \
 		tests/training/test_robustness.py
 
 check: lint typecheck test

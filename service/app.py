@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error)
     for router in (recommend, users, explain, health, info, admin):
         app.include_router(router)
+        metrics.init_routes(router.routes)  # included without a prefix: the same path templates
     if settings.API_KEY is None:
         app.openapi = key_optional_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)

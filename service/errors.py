@@ -57,5 +57,26 @@ class NotReadyError(ServiceError):
     status_code = 503
 
 
+class OverloadedError(ServiceError):
+    """A task's admission queue is full (ELMREC_MAX_QUEUE): refused at once (503, `Retry-After`)."""
+
+    status_code = 503
+
+
+class DeadlineExceededError(ServiceError):
+    """No model answer within ELMREC_REQUEST_TIMEOUT_MS of the request's arrival (503)."""
+
+    status_code = 503
+
+
+class ClientDisconnectedError(ServiceError):
+    """The client closed the connection before its answer was ready; nobody reads the response.
+
+    499 is nginx's "client closed request": it only labels the request in the metrics.
+    """
+
+    status_code = 499
+
+
 class StartupError(RuntimeError):
     """The service cannot start with these settings (bad MODEL_DIR, unavailable backend or device)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import MetricsDep, OptionalRuntimeDep, RecommenderDep, RuntimeDep, require_api_key
+from service.disconnect import unless_disconnected
 from service.metrics import CONTENT_TYPE_LATEST
 from service.runtime import readiness
 from service.schemas import (
@@ -32,7 +33,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid X-API-Key", **_error},
     413: {"description": "body larger than ELMREC_MAX_BODY_BYTES", **_error},
     422: {"description": "invalid input, unknown item ids or a limit exceeded", **_error},
-    503: {"description": "model not ready or history store unavailable", **_error},
+    503: {"description": "model not ready, history store unavailable, or overloaded (`reason`: `queue_full`, "
+               "the task's queue holds ELMREC_MAX_QUEUE requests; `deadline`, no answer within "
+               "ELMREC_REQUEST_TIMEOUT_MS); `Retry-After` says when to retry", **_error},
 }
 
 recommend = APIRouter(prefix="/recommend", tags=["recommend"], dependencies=[Depends(require_api_key)],
@@ -43,13 +46,17 @@ info = APIRouter(tags=["model"])
 
 
 @recommend.post("/direct", summary="Rank candidates (or retrieve then rank) by exact likelihood")
-async def recommend_direct(body: DirectRequest, recommender: RecommenderDep) -> RecommendResponse:
-    return await recommender.recommend_direct(body)
+async def recommend_direct(
+    body: DirectRequest, recommender: RecommenderDep, request: Request
+) -> RecommendResponse:
+    return await unless_disconnected(request.receive, recommender.recommend_direct(body))
 
 
 @recommend.post("/sequential", summary="Next items by constrained beam search and history-filtering rerank")
-async def recommend_sequential(body: SequentialRequest, recommender: RecommenderDep) -> RecommendResponse:
-    return await recommender.recommend_sequential(body)
+async def recommend_sequential(
+    body: SequentialRequest, recommender: RecommenderDep, request: Request
+) -> RecommendResponse:
+    return await unless_disconnected(request.receive, recommender.recommend_sequential(body))
 
 
 @users.post("/{user_id}/interactions", summary="Append items to a user's history")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,7 @@ from model_store.device import resolve_device as torch_device
 from model_store.engine import InferenceEngine, Scored
 from model_store.errors import BundleError, DataError
 from model_store.omega import fold_in
-from service.batching import MicroBatcher
+from service.batching import JobT, MicroBatcher, ResultT
 from service.errors import BadRequestError, ServiceError, StartupError, StoreUnavailableError
 from service.metrics import ServiceMetrics
 from service.recommender import (
@@ -127,17 +127,24 @@ class ServedModel:
         await self.sequential.stop()
 
 
+def make_batcher(
+    task: str, run: Callable[[list[JobT]], Sequence[ResultT]], executor: ThreadPoolExecutor,
+    settings: Settings, metrics: ServiceMetrics,
+) -> MicroBatcher[JobT, ResultT]:
+    """A task's batcher with the settings' batching, admission-queue and deadline limits."""
+    return MicroBatcher(task, run, executor, settings.MAX_BATCH, settings.MAX_WAIT_MS / 1000.0, metrics,
+                        max_queue=settings.max_queue, timeout_s=settings.REQUEST_TIMEOUT_MS / 1000.0)
+
+
 def serve_bundle(
     bundle: Bundle, engine: InferenceEngine, store: HistoryStore, executor: ThreadPoolExecutor,
     settings: Settings, metrics: ServiceMetrics,
 ) -> ServedModel:
     """Batchers (on the shared model thread) and the recommender of one bundle version (not started yet)."""
-    wait_s = settings.MAX_WAIT_MS / 1000.0
-    direct: MicroBatcher[DirectJob, list[Scored]] = MicroBatcher(
-        "direct", lambda jobs: run_direct_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s, metrics)
-    sequential: MicroBatcher[SequentialJob, list[Scored]] = MicroBatcher(
-        "sequential", lambda jobs: run_sequential_batch(engine, jobs), executor, settings.MAX_BATCH, wait_s,
-        metrics)
+    direct: MicroBatcher[DirectJob, list[Scored]] = make_batcher(
+        "direct", lambda jobs: run_direct_batch(engine, jobs), executor, settings, metrics)
+    sequential: MicroBatcher[SequentialJob, list[Scored]] = make_batcher(
+        "sequential", lambda jobs: run_sequential_batch(engine, jobs), executor, settings, metrics)
     recommender = Recommender(bundle, store, direct, sequential, metrics, settings.MAX_CANDIDATES,
                               settings.HISTORY_MAX_LEN, settings.RERANK_EXTRA)
     return ServedModel(bundle, engine, recommender, direct, sequential)
@@ -191,14 +198,14 @@ class Runtime:
         A bundle that cannot be loaded raises ReloadRefusedError and changes nothing.
         """
         if self._reload_lock.locked():
-            metrics.model_reloads.labels(result="busy").inc()
+            metrics.reloaded("busy")
             raise ReloadBusyError("a model reload is already running; retry when it has finished")
         async with self._reload_lock:
             started = time.perf_counter()
             try:
                 bundle, engine = await asyncio.to_thread(load_and_warm, path, self.device, self.backend)
             except Exception as exc:
-                metrics.model_reloads.labels(result="refused").inc()
+                metrics.reloaded("refused")
                 reason = str(exc) if isinstance(exc, BundleError) else f"{path}: {type(exc).__name__}: {exc}"
                 log.warning("model reload refused, %s keeps serving: %s", self.served.version, reason)
                 raise ReloadRefusedError(f"bundle refused, the current model keeps serving: {reason}",
@@ -208,7 +215,7 @@ class Runtime:
             old, self.served = self.served, new  # one assignment: later requests lease the new version
             self.reloads += 1
             metrics.set_model(new.version, bundle.config.preset, self.device, self.backend)
-            metrics.model_reloads.labels(result="success").inc()
+            metrics.reloaded("success")
             log.info("model %s swapped in for %s (from %s)", new.version, old.version, path)
             drained = await old.retire(drain_timeout_s)
             return ReloadResult(new.version, old.version, str(path), time.perf_counter() - started, drained)
@@ -247,6 +254,7 @@ async def start_runtime(settings: Settings, metrics: ServiceMetrics) -> Runtime:
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
+    metrics.init_store(store.backend)
     served = serve_bundle(bundle, engine, store, executor, settings, metrics)
     runtime = Runtime(served, store, executor, device, settings.BACKEND)
     served.start()

@@ -32,6 +32,18 @@ class Settings(BaseSettings):
         default="torch", description="onnx: ONNX Runtime (the onnx or onnx-gpu extra; exported on first use)")
     MAX_BATCH: int = Field(default=32, ge=1, le=1024, description="requests per micro-batch")
     MAX_WAIT_MS: float = Field(default=5.0, ge=0, le=1000, description="longest wait to fill a micro-batch")
+    MAX_QUEUE: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="requests waiting per task (direct, sequential), more are refused at once with 503; "
+                    "unset = MAX_BATCH (one full batch waits while one computes)")
+    REQUEST_TIMEOUT_MS: float = Field(
+        default=2000.0, ge=1, le=600_000,
+        description="longest time from a request's arrival to its model answer; then 503 (deadline)")
+
+    @property
+    def max_queue(self) -> int:
+        """MAX_QUEUE, or MAX_BATCH when unset."""
+        return self.MAX_BATCH if self.MAX_QUEUE is None else self.MAX_QUEUE
     MAX_CANDIDATES: int = Field(default=100, ge=1, le=1000, description="candidates per direct request")
     HISTORY_MAX_LEN: int = Field(default=200, ge=1, le=10_000, description="items kept per user history")
     RERANK_EXTRA: int | None = Field(

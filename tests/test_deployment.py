@@ -5,8 +5,9 @@ and rules, the Grafana provisioning and dashboard, the nginx entry point, .env.e
 container scripts in docker/ (entrypoint, healthcheck, requirements extraction), which run for real.
 
 Metric names: every `elmrec_*` name that the dashboard or the alert rules use must be one of the
-names the service is specified to expose, and must appear in the real /metrics output of the
-service (built on the tiny bundle) once `service.app` exists.
+names the service is specified to expose, and must have a series in the real /metrics output of the
+service (built on the tiny bundle) from its first scrape on, before any other request. The config
+and the rules pass `promtool check` (the Debian `prometheus` package; skipped without it outside CI).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fnmatch
 import http.server
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,6 +55,8 @@ SERVICE_METRICS: dict[str, str] = {
     "elmrec_history_store_errors_total": "counter",  # op, kind
     "elmrec_fallbacks_total": "counter",  # kind
     "elmrec_model_info": "gauge",  # version, preset, device, backend
+    "elmrec_requests_shed_total": "counter",  # task, reason
+    "elmrec_queue_depth": "gauge",  # task
 }
 SERVICE_LABELS: dict[str, set[str]] = {
     "elmrec_request_duration_seconds": {"route", "method", "status"},
@@ -63,6 +67,8 @@ SERVICE_LABELS: dict[str, set[str]] = {
     "elmrec_history_store_errors_total": {"op", "kind"},
     "elmrec_fallbacks_total": {"kind"},
     "elmrec_model_info": {"version", "preset", "device", "backend"},
+    "elmrec_requests_shed_total": {"task", "reason"},
+    "elmrec_queue_depth": {"task"},
 }
 REQUIRED_SERVICES = {"api", "redis", "prometheus", "grafana", "trainer"}
 
@@ -708,8 +714,46 @@ def test_prometheus_scrapes_every_api_replica(services: dict[str, Any]) -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
 
 
+def _promtool() -> str:
+    """The promtool binary; in CI (CI set, as .ci/run does) its absence fails, elsewhere it skips."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not installed (.ci/run installs the Debian `prometheus` package)")
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus); CI runs this check")
+    return found
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = _promtool()
+    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True,
+                           timeout=60)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    # the config names its rule files where compose mounts docker/prometheus: point it at this checkout's
+    config = load_yaml(PROMETHEUS)
+    config["rule_files"] = [str(PROMETHEUS.parent / Path(f).relative_to("/etc/prometheus"))
+                            for f in config.get("rule_files", [])]
+    assert config["rule_files"], "prometheus.yml loads no rule file"
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    checked = subprocess.run([promtool, "check", "config", str(local)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules_of(ALERTS))} rules found" in checked.stdout + checked.stderr
+    # and the check does fail on a broken rule
+    broken = tmp_path / "broken.yml"
+    broken_rule = {"alert": "Broken", "expr": "sum(up"}
+    broken.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [broken_rule]}]}))
+    assert subprocess.run([promtool, "check", "rules", str(broken)], capture_output=True,
+                          timeout=60).returncode != 0
+
+
+def rules_of(path: Path) -> list[dict[str, Any]]:
+    return [r for g in load_yaml(path)["groups"] for r in g["rules"]]
+
+
 def test_alert_rules_are_well_formed() -> None:
-    rules = [r for g in load_yaml(ALERTS)["groups"] for r in g["rules"]]
+    rules = rules_of(ALERTS)
     assert rules
     for rule in rules:
         assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in ("warning", "critical")
@@ -790,10 +834,12 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
     # error rate on 4xx/5xx
     assert 'status=~"5..|4.."' in joined
     for name in ("elmrec_inference_batch_size_bucket", "elmrec_queue_wait_seconds_bucket",
-                 "elmrec_fallbacks_total", "elmrec_history_store_errors_total"):
+                 "elmrec_fallbacks_total", "elmrec_history_store_errors_total", "elmrec_requests_shed_total",
+                 "elmrec_queue_depth"):
         assert name in joined, name
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for word in ("request rate", "latency", "error", "batch size", "queue wait", "fallbacks", "redis"):
+    for word in ("request rate", "latency", "error", "batch size", "queue wait", "fallbacks", "redis", "shed",
+                 "queue depth"):
         assert word in titles, word
 
 
@@ -807,7 +853,7 @@ LABEL_USE = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)|\{([^}]*)\}"
 
 def used_metric_names(dashboard: dict[str, Any]) -> set[str]:
     exprs = dashboard_exprs(dashboard)
-    exprs += [r["expr"] for g in load_yaml(ALERTS)["groups"] for r in g["rules"]]
+    exprs += [r["expr"] for r in rules_of(ALERTS)]
     return {m for e in exprs for m in METRIC_NAME.findall(e)}
 
 
@@ -877,21 +923,33 @@ def test_metric_name_check_on_a_reference_exposition(dashboard: dict[str, Any]) 
     assert "elmrec_request_seconds_bucket" not in exposed
 
 
+def sampled_series_names(metrics_text: str) -> set[str]:
+    """Names of the series that have a sample line (a `# TYPE` line alone is no series: Prometheus
+    would show "No data")."""
+    return {re.split(r"[{\s]", line, maxsplit=1)[0] for line in metrics_text.splitlines()
+            if line and not line.startswith("#")}
+
+
 def test_dashboard_metric_names_exist_in_the_services_metrics(
-        dashboard: dict[str, Any], tiny_bundle: Path) -> None:
-    """The real /metrics of the service on the tiny bundle (in-process history store, CPU)."""
+        dashboard: dict[str, Any], tiny_items_bundle: Path) -> None:
+    """The real /metrics of the service on a tiny bundle of the default kind (in-process store, CPU)."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings.model_validate({"MODEL_DIR": tiny_bundle, "DEVICE": "cpu", "LOG_LEVEL": "WARNING"})
+    settings = Settings.model_validate({"MODEL_DIR": tiny_items_bundle, "DEVICE": "cpu",
+                                        "LOG_LEVEL": "WARNING"})
     with TestClient(create_app(settings)) as client:
+        fresh = client.get("/metrics")  # the first scrape: no request served before it
         client.get("/health/live")
         client.get("/health/ready")
         client.post("/recommend/sequential", json={"user_id": "1", "k": 5})
         response = client.get("/metrics")
-    assert response.status_code == 200
+    assert fresh.status_code == 200 and response.status_code == 200
+    # every series a panel or an alert reads exists from the start (at 0), not from its first event
+    missing_at_start = sorted(used_metric_names(dashboard) - sampled_series_names(fresh.text))
+    assert not missing_at_start, f"no series on a fresh /metrics for {missing_at_start}"
     exposed = exposed_series_names(response.text)
     missing = sorted(used_metric_names(dashboard) - exposed)
     assert not missing, f"the dashboard/alerts use metrics that /metrics does not expose: {missing}"

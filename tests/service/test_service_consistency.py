@@ -171,7 +171,9 @@ def _serve(
 def test_batched_equals_unbatched(settings_for: MakeSettings, bundle: Bundle) -> None:
     calls = _calls(bundle)
     single, single_batches = _serve(settings_for, calls, concurrent=False, MAX_BATCH=1, MAX_WAIT_MS=0)
-    batched, batches = _serve(settings_for, calls, concurrent=True, MAX_BATCH=8, MAX_WAIT_MS=100)
+    # every call at once: the admission queue must hold them all (its default, MAX_BATCH, would refuse some)
+    batched, batches = _serve(settings_for, calls, concurrent=True, MAX_BATCH=8, MAX_WAIT_MS=100,
+                              MAX_QUEUE=len(calls))
     for task, (count, total) in single_batches.items():
         assert count == total, f"{task}: the unbatched app ran batches larger than 1"
     for task, (count, total) in batches.items():

@@ -18,6 +18,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.MAX_CANDIDATES == 100
     assert settings.REDIS_URL is None and settings.API_KEY is None and settings.RERANK_EXTRA is None
     assert settings.DEVICE == "auto" and settings.BACKEND == "torch"
+    assert settings.MAX_QUEUE is None and settings.max_queue == settings.MAX_BATCH == 32
+    assert settings.REQUEST_TIMEOUT_MS == 2000
 
 
 def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,7 +43,8 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 @pytest.mark.parametrize(
     ("name", "value"),
     [("DEVICE", "tpu"), ("BACKEND", "tensorrt"), ("MAX_BATCH", "0"), ("MAX_CANDIDATES", "5000"),
-     ("PORT", "70000"), ("LOG_LEVEL", "loud"), ("RERANK_EXTRA", "-1")],
+     ("PORT", "70000"), ("LOG_LEVEL", "loud"), ("RERANK_EXTRA", "-1"), ("MAX_QUEUE", "0"),
+     ("REQUEST_TIMEOUT_MS", "0")],
 )
 def test_refuses_bad_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(f"ELMREC_{name}", value)
