@@ -25,6 +25,7 @@ def test_compares_two_served_bundles(tiny_items_bundle: Path, tiny_bundle: Path,
         for task in ("direct", "sequential"):
             run = result["runs"][side][task]
             assert run["levels"][0]["ok"] == 5 and run["levels"][0]["errors"] == 0
-    assert result["runs"]["new"]["direct"]["model_version"] != result["runs"]["old"]["direct"]["model_version"]
+    runs = result["runs"]
+    assert runs["new"]["direct"]["model_version"] != runs["old"]["direct"]["model_version"]
     assert set(result["ratios_new_over_old"]) == {"direct", "sequential"}
     assert not (tmp_path / ".serve-compare").exists()
