@@ -19,6 +19,7 @@ from model_store.item_graph import ItemGraph
 from model_store.model import PAD_ID, ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import EncoderBatch, IdTokens, PromptBuilder, pad_encoder
+from model_store.topk import top_k_items
 from model_store.trie import ItemTrie
 
 
@@ -283,8 +284,7 @@ class InferenceEngine:
     ) -> list[Scored]:
         """Top-k candidates by ranking score (ties: lower dense index first, deterministic)."""
         scores = self.score_direct([user], [candidates], [user_row], histories=[history])[0]
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [Scored(i, s) for i, s in ranked[:k]]
+        return [Scored(i, s) for i, s in top_k_items(scores, k)]
 
     # -- sequential recommendation ------------------------------------------------------------
     def beam_sequential(
@@ -304,9 +304,9 @@ class InferenceEngine:
         exact = self.score_items(users, histories, [p for p, _ in pools])
         out: list[list[Scored]] = []
         for scores, (items, graph) in zip(exact, pools, strict=True):
-            combined = [Scored(i, scores[i] + prior.sequential_weight * float(z))
-                        for i, z in zip(items, prior.standardised(graph), strict=True)]
-            out.append(sorted(combined, key=lambda s: (-s.score, s.item)))
+            combined = {i: scores[i] + prior.sequential_weight * float(z)
+                        for i, z in zip(items, prior.standardised(graph), strict=True)}
+            out.append([Scored(i, s) for i, s in top_k_items(combined)])
         return out
 
     def _beam_all(

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from model_store.engine import GraphPrior, InferenceEngine, Scored
 from model_store.item_model import ItemElmrecModel, decoder_tokens
+from model_store.topk import top_k_indices
 
 
 class ItemInferenceEngine(InferenceEngine):
@@ -89,11 +90,5 @@ class ItemInferenceEngine(InferenceEngine):
         self, users: Sequence[int | None], histories: Sequence[Sequence[int]], beam: int
     ) -> list[list[Scored]]:
         """The exact `beam` most likely items of each history (ties: lower dense index first)."""
-        logp = self.log_probs(histories)
-        width = min(beam, logp.shape[1])
-        out: list[list[Scored]] = []
-        for row in logp:
-            top = np.argpartition(-row, width - 1)[:width] if width < len(row) else np.arange(len(row))
-            ranked = sorted(top.tolist(), key=lambda i: (-row[i], i))
-            out.append([Scored(int(i), float(row[i])) for i in ranked])
-        return out
+        return [[Scored(int(i), float(row[i])) for i in top_k_indices(row, beam)]
+                for row in self.log_probs(histories)]
