@@ -3,6 +3,7 @@
     python -m benchmarks.ablations collect --sweep omega-kind --dataset beauty \
         spectral=bundles/beauty-small-spectral random=bundles/beauty-small-random
     python -m benchmarks.ablations rerank --bundle bundles/beauty-small-spectral --ns 0 5 10 15
+    python -m benchmarks.ablations selection --bundle bundles/beauty-small   # per-task vs mean selection
     python -m benchmarks.ablations report      # rewrites the ablations block of docs/RESULTS.md
 
 A variant may also be `NAME=ablation-<...>.json:VARIANT`: its row is copied from an earlier ablation
@@ -132,6 +133,51 @@ def rerank(args: argparse.Namespace) -> None:
     print(f"-> {path.name}")
 
 
+def selection(args: argparse.Namespace) -> None:
+    """Lever "best weights per task": from a bundle's validation curve, the step each selection rule keeps
+    (the mean of both tasks' NDCG@10, or each task's own) and the validation figures there."""
+    bundle = Path(args.bundle)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    config = json.loads((bundle / "config.json").read_text())
+    curve = metrics["training"]["curve"]
+    keys = {"direct": "valid_direct_ndcg@10", "sequential": "valid_sequential_ndcg@10"}
+
+    def best(score: Any) -> dict[str, Any]:
+        point = max(curve, key=score)  # the first of equal scores, as the trainer keeps it
+        return {"step": point["step"], "epoch": point["epoch"],
+                **{task: point[key] for task, key in keys.items()}}
+
+    rows = {"mean of both tasks": best(lambda c: (c[keys["direct"]] + c[keys["sequential"]]) / 2),
+            "per task: direct": best(lambda c: c[keys["direct"]]),
+            "per task: sequential": best(lambda c: c[keys["sequential"]])}
+    path = _write("selection", config["dataset"]["name"], {
+        "device": _device(), "bundle": str(bundle), "split": "valid",
+        "users": config["preset_settings"]["eval_users"], "preset": config["preset"],
+        "note": "validation NDCG@10 only (the curve the trainer recorded); test figures need each rule's "
+                "weights, which only the per-task rule's bundle keeps",
+        "rules": rows, "curve": curve})
+    plot_selection(curve, rows, path.with_suffix(".png"))
+    for name, row in rows.items():
+        print(f"{name:22s} step {row['step']:5d} valid direct {row['direct']:.4f} "
+              f"sequential {row['sequential']:.4f}")
+    print(f"-> {path.name}")
+
+
+def plot_selection(curve: list[dict[str, Any]], rows: dict[str, Any], path: Path) -> None:
+    from benchmarks.plots import save, subplots
+
+    fig, axes = subplots(1, 2, figsize=(9, 3.5))
+    steps = [c["step"] for c in curve]
+    for ax, task in zip(axes, ("direct", "sequential"), strict=True):
+        ax.plot(steps, [c[f"valid_{task}_ndcg@10"] for c in curve], marker=".")
+        for (name, row), style in zip(rows.items(), ("--", ":", "-."), strict=True):
+            ax.axvline(row["step"], linestyle=style, color="grey", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"valid {task} NDCG@10")
+        ax.legend(fontsize=7)
+    save(fig, path, "best weights: mean of both tasks vs per task (validation)", dpi=100)
+
+
 def plot_variants(rows: list[dict[str, Any]], path: Path, sweep: str) -> None:
     from benchmarks.plots import save, subplots
 
@@ -186,6 +232,12 @@ def tables() -> str:
                 out.append(f"| {row['variant']} | {row['steps']} | {_cell(row.get('direct_elmrec'))} | "
                            f"{_cell(row.get('direct'))} | {_cell(row.get('sequential_elmrec'))} | "
                            f"{_cell(row.get('sequential'))} | {users} |")
+        elif "rules" in data:
+            out.append("| selection rule | step kept | valid direct NDCG@10 | valid sequential NDCG@10 |")
+            out.append("|---|---|---|---|")
+            for name, row in data["rules"].items():
+                out.append(f"| {name} | {row['step']} | {row['direct']:.4f} | {row['sequential']:.4f} |")
+            out.append(f"\n{data['users']} validation users; {data['note']}.")
         else:
             out.append("| N | T5 alone HR@10 | NDCG@10 | served HR@10 | NDCG@10 |")
             out.append("|---|---|---|---|---|")
@@ -225,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-users", type=int, default=64)
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(func=rerank)
+    sel = sub.add_parser("selection", help="best weights per task vs the mean of both (validation curve)")
+    sel.add_argument("--bundle", required=True)
+    sel.set_defaults(func=selection)
     sub.add_parser("report", help="rewrite the ablations block of docs/RESULTS.md").set_defaults(func=report)
     args = p.parse_args(argv)
     if getattr(args, "ns", None) and min(args.ns) < 0:

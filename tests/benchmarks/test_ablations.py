@@ -66,3 +66,16 @@ def test_collect_reuses_a_recorded_variant(tiny_bundle: Path, results: Path) -> 
     for bad in (f"x={first}:missing", "x=no-such-file.json:ref", "x=not-a-spec"):
         with pytest.raises(SystemExit):
             ablations.main(["collect", "--sweep", "third", "--dataset", "synthetic", bad])
+
+
+def test_selection_reads_what_each_rule_keeps(tiny_items_bundle: Path, results: Path) -> None:
+    assert ablations.main(["selection", "--bundle", str(tiny_items_bundle)]) == 0
+    [written] = list(results.glob("ablation-selection-*.json"))
+    data = json.loads(written.read_text())
+    curve = load_bundle(tiny_items_bundle).metrics["training"]["curve"]
+    best_direct = max(c["valid_direct_ndcg@10"] for c in curve)
+    assert data["rules"]["per task: direct"]["direct"] == best_direct
+    assert data["rules"]["mean of both tasks"]["direct"] <= best_direct
+    kept = load_bundle(tiny_items_bundle).metrics["training"]["best_step"]
+    assert data["rules"]["per task: direct"]["step"] == kept["direct"]
+    assert data["rules"]["per task: sequential"]["step"] == kept["sequential"]
