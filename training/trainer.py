@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from model_store.config import ModelConfig, OmegaConfig
 from model_store.device import describe, resolve_device
 from model_store.engine import InferenceEngine
 from model_store.errors import DataError
+from model_store.explain import MAX_EXPLANATION_TOKENS
 from model_store.item_graph import ItemGraph
 from model_store.omega import Omega, build_omega
 from model_store.prompts import IdTokens, PromptBuilder, load_tokenizer, tokenize_ids
@@ -51,6 +51,7 @@ from training.evaluate import (
     split_cases,
     tune_graph_prior,
 )
+from training.explain_eval import read_reviews
 from training.id_order import graph_item_numbers
 from training.negatives import negatives_for
 from training.objectives import Objective, PlanEntry, PromptObjective, SequenceObjective
@@ -151,21 +152,13 @@ def load_reviews(path: Path, prepared: Prepared, train: Sequence[Sequence[int]])
     tokenizer = load_tokenizer()
     train_pairs = {(u, i) for u, seq in enumerate(train) for i in seq}
     out: list[Review] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            user, item, text = str(row["user"]), str(row["item"]), str(row["text"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(
-                f"{path}, line {number}: expected a JSON object with user, item, text ({exc})"
-            ) from exc
-        u, i = prepared.codec.find_user(user), prepared.codec.find_item(item)
+    for row in read_reviews(path):
+        u, i = prepared.codec.find_user(row.user), prepared.codec.find_item(row.item)
         if u is None or i is None:
-            raise DataError(f"{path}, line {number}: unknown {'user' if u is None else 'item'} id")
+            raise DataError(f"{path}, line {row.line}: unknown {'user' if u is None else 'item'} id")
         if (u, i) in train_pairs:
-            out.append(Review(u, i, list(tokenizer(text, add_special_tokens=False)["input_ids"])[:64]))
+            tokens = tokenizer(row.text, add_special_tokens=False)["input_ids"]
+            out.append(Review(u, i, list(tokens)[:MAX_EXPLANATION_TOKENS]))
     return out
 
 
