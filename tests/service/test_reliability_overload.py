@@ -43,9 +43,8 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from service_testkit import MakeSettings, free_port
+from service_testkit import REPO, MakeSettings, free_port, serve_subprocess, wait_ready
 from test_reliability_load import rss_mib
-from test_reliability_shutdown import REPO, _serve, _wait_ready
 
 import service.runtime
 from benchmarks.serve import request_bodies
@@ -306,8 +305,8 @@ def slow_model_server(settings_for: MakeSettings, monkeypatch: pytest.MonkeyPatc
     thread.join(timeout=30)
 
 
-async def test_overload_is_shed_and_latency_recovers(slow_model_server: str, tiny_bundle: Path) -> None:
-    bodies = encoded(request_bodies(load_bundle(tiny_bundle), "direct", 200, seed=0, candidates=30, k=10))
+async def test_overload_is_shed_and_latency_recovers(slow_model_server: str, service_bundle: Path) -> None:
+    bodies = encoded(request_bodies(load_bundle(service_bundle), "direct", 200, seed=0, candidates=30, k=10))
     settings = Settings.model_validate({"MAX_BATCH": SHORT_MAX_BATCH})
     report = await run_overload(slow_model_server, bodies, 3.0, settings, sample_rss=lambda: 0.0)
     print(json.dumps(report))
@@ -328,9 +327,9 @@ async def serve_overloaded(bundle: Path, bodies: Bodies, seconds: float, **env: 
     """run_overload against a fresh `python -m service` on `bundle` with these ELMREC_* settings."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _serve(bundle, port, **env)
+    proc = serve_subprocess(bundle, port, **env)
     try:
-        await asyncio.to_thread(_wait_ready, proc, base)
+        await asyncio.to_thread(wait_ready, proc, base)
         return {"server_settings": env or "defaults",
                 **await run_overload(base, bodies, seconds, DEFAULTS, lambda: rss_mib(proc.pid))}
     finally:
