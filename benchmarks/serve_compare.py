@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task:10s} c={row['concurrency']:<3d} rps x{row['rps']:.2f}  "
                   f"p50 x{row.get('p50_ms', float('nan')):.3f}  p99 x{row.get('p99_ms', float('nan')):.3f}")
     if args.json:
-        print(f"wrote {write_json(result, args.out_dir, 'cpu', 'compare')}")
+        print(f"wrote {write_json(result, args.out_dir, 'cpu')}")
     return 0
 
 

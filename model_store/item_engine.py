@@ -39,20 +39,28 @@ class ItemInferenceEngine(InferenceEngine):
         self.seed = seed
         self.max_rows = max_rows
         self.prior = prior
+        self._last: tuple[object, np.ndarray] | None = None  # the previous call's key and result
 
     def log_probs(
         self, histories: Sequence[Sequence[int]], model: ItemElmrecModel | None = None
     ) -> np.ndarray:
-        """log p(next item | history) of every item (B, n_items), in chunks of `max_rows` histories."""
+        """log p(next item | history) of every item (B, n_items), in chunks of `max_rows` histories.
+
+        The previous call's result is reused for the same model and histories (the graph prior's
+        rescoring asks again for the histories it just ranked)."""
         net = model or self.net
+        key = (id(net), tuple(tuple(int(i) for i in h[-self.max_history :]) for h in histories))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         out: list[np.ndarray] = []
         with self._mode():
             for start in range(0, len(histories), self.max_rows):
                 tokens, lengths = decoder_tokens(histories[start : start + self.max_rows], self.max_history)
                 logits = net.next_item_logits(tokens.to(self.device), lengths.to(self.device))
                 out.append(torch.log_softmax(logits, dim=-1).cpu().numpy())
-        n_items = net.n_items
-        return np.concatenate(out) if out else np.zeros((0, n_items), dtype=np.float32)
+        result = np.concatenate(out) if out else np.zeros((0, net.n_items), dtype=np.float32)
+        self._last = (key, result)
+        return result
 
     # -- direct -----------------------------------------------------------------------------
     @override

@@ -19,7 +19,7 @@ def test_ratios_are_new_over_old_per_task_and_level() -> None:
 def test_compares_two_served_bundles(tiny_items_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     assert main(["--new", str(tiny_items_bundle), "--old", str(tiny_bundle), "--concurrency", "1",
                  "--requests", "5", "--json", "--out-dir", str(tmp_path)]) == 0
-    [written] = list(tmp_path.glob("serve-compare-*.json"))
+    [written] = list(tmp_path.glob("serve-compare-cpu-*.json"))
     result = json.loads(written.read_text())
     for side in ("new", "old"):
         for task in ("direct", "sequential"):

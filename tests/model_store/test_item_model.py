@@ -113,3 +113,13 @@ def test_items_bundle_serves_direct_from_its_direct_weights(tiny_items_bundle: P
                                                  engine.net.state_dict().values(), strict=True))
     assert (direct == pytest.approx(sequential)) == same
     assert np.isfinite(list(direct.values())).all()
+
+
+def test_the_prior_rescoring_reuses_the_ranking_pass() -> None:
+    """beam_sequential with a graph prior asks for the same histories twice: one decoder pass."""
+    engine = ItemInferenceEngine(_model(), max_history=5)
+    first = engine.log_probs([[1, 2], [3]])
+    assert engine.log_probs([[1, 2], [3]]) is first
+    other = engine.log_probs([[1, 2], [4]])
+    assert other is not first and not np.array_equal(other[1], first[1])
+    np.testing.assert_array_equal(other[0], first[0])
