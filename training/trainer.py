@@ -56,6 +56,7 @@ from training.id_order import graph_item_numbers
 from training.negatives import negatives_for
 from training.objectives import Objective, PlanEntry, PromptObjective, SequenceObjective
 from training.presets import PRESETS, Preset, apply_overrides, dataset_hyper
+from training.records import MetricRecord, ProtocolRecord
 from training.samples import Review, SampleSource
 from training.split import Split, leave_one_out, train_edges
 from training.train_state import TrainState
@@ -488,28 +489,31 @@ def assemble(spec: RunSpec, preset: Preset, prepared: Prepared, weights: Weights
 
 def test_metrics(spec: RunSpec, preset: Preset, prepared: Prepared, engine: InferenceEngine,
                  prior: GraphPriorConfig, device: torch.device) -> dict[str, Any]:
-    """Test figures of the served ranking, and of the model alone beside it when the prior is on."""
+    """Test figures (one MetricRecord each) of the served ranking, and of the model alone beside it when
+    the prior is on."""
     test_users = sample_users(prepared.data.n_users, preset.test_users, spec.seed)
     case = split_cases(prepared.data.sequences, prepared.negatives, "test", test_users)
-    protocol = Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed)
-    common = {"dataset": prepared.data.name, "split": "test", "preset": preset.name, "method": "elmrec",
-              "seed": spec.seed, "device": describe(device), "model_kind": prepared.model_config.kind,
-              "protocol": {**protocol.model_dump(), "label": protocol.label,
-                           "omega": prepared.omega_config.kind}}
+    protocol = ProtocolRecord.of(
+        Protocol(id_scheme=spec.id_scheme, graph="train", split="leave-one-out", seed=spec.seed),
+        prepared.omega_config.kind)
+
+    def record(task: str, figures: dict[str, Any], method: str) -> dict[str, Any]:
+        return MetricRecord.model_validate({
+            **figures, "method": method, "preset": preset.name, "dataset": prepared.data.name, "task": task,
+            "split": "test", "seed": spec.seed, "device": describe(device), "protocol": protocol,
+            "model_kind": prepared.model_config.kind}).dump()
+
     direct = evaluate_direct(engine, case, weights=(0.0,))
     direct_pure = direct.pop("by_weight")["0.0"]
     sequential = evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam)
     served = prior.model_dump()
-    metrics: dict[str, Any] = {
-        "direct": {**common, "task": "direct", **direct, "method": method_name(served, "direct", False)},
-        "sequential": {**common, "task": "sequential", **sequential,
-                       "method": method_name(served, "sequential", False)},
-    }
+    metrics = {"direct": record("direct", direct, method_name(served, "direct", False)),
+               "sequential": record("sequential", sequential, method_name(served, "sequential", False))}
     for task in ("direct", "sequential"):
         if metrics[task]["method"] != "elmrec":  # the model alone, beside the served ensemble
             pure = ({**direct_pure, "users": direct["users"]} if task == "direct" else
                     evaluate_sequential(engine, case, extra=prepared.rerank_n, beam=preset.beam, pure=True))
-            metrics[f"{task}_elmrec"] = {**common, "task": task, **pure, "method": "elmrec"}
+            metrics[f"{task}_elmrec"] = record(task, pure, "elmrec")
     return metrics
 
 
