@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_model, save_model
 
+from model_store import manifest
 from model_store.codec import IdCodec
 from model_store.config import ModelConfig, OmegaConfig
 from model_store.engine import GraphPrior, InferenceEngine
@@ -44,20 +44,18 @@ from model_store.errors import BundleError
 from model_store.item_engine import ItemInferenceEngine
 from model_store.item_graph import ItemGraph
 from model_store.item_model import ItemElmrecModel
+from model_store.manifest import MANIFEST as MANIFEST  # the bundle's manifest file name
 from model_store.model import ElmrecModel
 from model_store.omega import Omega
 from model_store.prompts import TOKENIZER_DIR, IdTokens, PromptBuilder, load_tokenizer
 
-log = logging.getLogger(__name__)
-
 FORMAT_VERSION = 1
-MANIFEST = "MANIFEST.sha256"
 MODEL_FILE = "model.safetensors"
 DIRECT_MODEL_FILE = "model_direct.safetensors"  # items kind: weights selected on direct validation (optional)
 M = TypeVar("M", bound=torch.nn.Module)
 ITEM_GRAPH = "item_graph.safetensors"
 ONNX_CACHE = "onnx"  # exported ONNX graphs (model_store.onnx_backend): derived, with a manifest of its own
-_READ_FOLDERS = ("tokenizer",)  # folders whose every file loading reads: an unlisted file there is refused
+_READ = ("tokenizer", ITEM_GRAPH)  # what loading reads: an unlisted file there is refused
 REQUIRED = (
     "config.json", "model.safetensors", "omega.safetensors", "ids.json", "dataset.npz", "metrics.json",
 )
@@ -175,17 +173,19 @@ class Bundle:
             raise BundleError(f"{self.path}: a {self.config.model.kind!r} bundle has no digit-id model")
         return model
 
-    def load_weights(self, name: str) -> ElmrecModel | ItemElmrecModel:
+    def load_weights(self, name: str, tokens: IdTokens | None = None) -> ElmrecModel | ItemElmrecModel:
         """One of the bundle's weight files loaded into the model its config describes (on CPU)."""
-        model = new_model(self.config.model, self.omega, self.codec, self.tokenizer_dir())
+        model = new_model(self.config.model, self.omega, self.codec, self.tokenizer_dir(), tokens)
         return load_weights(model, self.path / name)
 
     def engine(self, device: str | torch.device = "cpu", backend: str = "torch") -> InferenceEngine:
         """The inference engine; backend "onnx" runs the digit-id model with `model_store.onnx_backend`."""
-        direct = self.load_weights(DIRECT_MODEL_FILE) if (self.path / DIRECT_MODEL_FILE).is_file() else None
-        return make_engine(self.config, self.load_weights(MODEL_FILE), self.omega, self.codec,
-                           self.item_graph, device, backend, direct_model=direct,
-                           tokenizer_dir=self.tokenizer_dir(), bundle_path=self.path)
+        tokens = id_tokens(self.codec, self.tokenizer_dir()) if self.config.model.kind == "digits" else None
+        direct = (self.load_weights(DIRECT_MODEL_FILE, tokens) if (self.path / DIRECT_MODEL_FILE).is_file()
+                  else None)
+        return make_engine(self.config, self.load_weights(MODEL_FILE, tokens), self.omega, self.codec,
+                           self.item_graph, device, backend, direct_model=direct, tokens=tokens,
+                           bundle_path=self.path)
 
 
 def omega_matrix(omega: Omega) -> torch.Tensor:
@@ -193,13 +193,20 @@ def omega_matrix(omega: Omega) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([omega.users, omega.items]).astype(np.float32))
 
 
+def id_tokens(codec: IdCodec, tokenizer_dir: Path | None = None) -> IdTokens:
+    """The digit-id kind's tokens of every user and item id (tokenizing the catalogue: made once)."""
+    return IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(), codec.item_numbers.tolist())
+
+
 def new_model(
     config: ModelConfig, omega: Omega, codec: IdCodec, tokenizer_dir: Path | None = None,
+    tokens: IdTokens | None = None,
 ) -> ElmrecModel | ItemElmrecModel:
-    """A freshly initialised model of the config's kind (the one constructor trainer and bundle share)."""
+    """A freshly initialised model of the config's kind (the one constructor trainer and bundle share);
+    the digit-id kind uses `tokens` when given, else tokenizes the codec's ids."""
     if config.kind == "items":
         return ItemElmrecModel(config, torch.from_numpy(omega.items.astype(np.float32)))
-    tokens = IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(), codec.item_numbers.tolist())
+    tokens = tokens or id_tokens(codec, tokenizer_dir)
     return ElmrecModel(config, omega_matrix(omega), tokens.output_tokens)
 
 
@@ -224,7 +231,7 @@ def make_engine(
     device: str | torch.device = "cpu",
     backend: str = "torch",
     direct_model: ElmrecModel | ItemElmrecModel | None = None,
-    tokenizer_dir: Path | None = None,
+    tokens: IdTokens | None = None,
     bundle_path: Path | None = None,
 ) -> InferenceEngine:
     """The one assembly of an engine from a bundle's parts (the trainer's evaluation and the service)."""
@@ -239,8 +246,7 @@ def make_engine(
             raise BundleError("the direct weights are not of the bundle's model kind")
         return ItemInferenceEngine(model, config.max_history, device=device, seed=config.protocol.seed,
                                    prior=prior, direct_model=direct_model)
-    id_tokens = IdTokens(load_tokenizer(tokenizer_dir), codec.user_numbers.tolist(),
-                         codec.item_numbers.tolist())
+    tokens = tokens or id_tokens(codec)
     runner = None
     if backend == "onnx":
         if bundle_path is None:
@@ -248,17 +254,9 @@ def make_engine(
         from model_store.onnx_backend import onnx_runner  # optional dependency: imported on demand
 
         runner = onnx_runner(bundle_path, model, device)
-    builder = PromptBuilder(id_tokens, codec.n_users, config.max_history, config.model.max_whole_word)
-    return InferenceEngine(model, builder, id_tokens, device=device, seed=config.protocol.seed,
+    builder = PromptBuilder(tokens, codec.n_users, config.max_history, config.model.max_whole_word)
+    return InferenceEngine(model, builder, tokens, device=device, seed=config.protocol.seed,
                            prior=prior, runner=runner)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _ragged(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -335,59 +333,15 @@ def save_bundle(
     return path
 
 
-def _manifest_files(folder: Path, skip: Sequence[str]) -> list[str]:
-    """Every file under `folder` (posix paths relative to it) but the manifest and the `skip` folders."""
-    return sorted(
-        rel for p in folder.rglob("*")
-        if p.is_file() and (rel := p.relative_to(folder).as_posix()) != MANIFEST
-        and rel.split("/", 1)[0] not in skip
-    )
-
-
 def write_manifest(folder: Path, skip: Sequence[str] = (ONNX_CACHE,)) -> None:
-    """Write `folder`'s MANIFEST.sha256 over every file except those under the top-level `skip` folders."""
-    lines = [f"{_sha256(folder / rel)}  {rel}" for rel in _manifest_files(folder, skip)]
-    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
+    """Write the bundle's MANIFEST.sha256 (the ONNX graph cache has a manifest of its own)."""
+    manifest.write_manifest(folder, skip)
 
 
-def verify_manifest(
-    folder: Path, required: Sequence[str] = REQUIRED, skip: Sequence[str] = (ONNX_CACHE,),
-    what: str = "bundle",
-) -> set[str]:
-    """Raise BundleError unless every file listed matches its sha256 and every required file is listed.
-
-    A file the manifest does not list is never verified: one that loading would read (under
-    `tokenizer/`, or the item graph) is refused, any other is reported in a warning. Files under the
-    `skip` folders are not this manifest's business (the ONNX graph cache has a manifest of its own).
-    Returns the listed file names."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise BundleError(f"{folder}: not a {what} ({MANIFEST} is missing)")
-    listed: set[str] = set()
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        digest, _, name = line.partition("  ")
-        if not name or len(digest) != 64 or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{manifest}:{number}: malformed manifest line")
-        target = folder / name
-        if not target.is_file():
-            raise BundleError(f"{folder}: {name} is listed in the manifest but missing")
-        if _sha256(target) != digest:
-            raise BundleError(f"{folder}: {name} is corrupt (sha256 differs from the manifest)")
-        listed.add(name)
-    for name in required:
-        if name not in listed:
-            raise BundleError(f"{folder}: required file {name} is not in the manifest")
-    unlisted = [rel for rel in _manifest_files(folder, skip) if rel not in listed]
-    read = [rel for rel in unlisted if rel == ITEM_GRAPH or rel.split("/", 1)[0] in _READ_FOLDERS]
-    if read:
-        raise BundleError(f"{folder}: {', '.join(read)} not in the manifest (unverified files that loading "
-                          "would read)")
-    if unlisted:
-        log.warning("%s: %d file(s) not in the manifest, ignored and unverified: %s", folder, len(unlisted),
-                    ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else ""))
-    return listed
+def verify_manifest(folder: Path) -> set[str]:
+    """Verify the bundle's manifest: every listed file matches, every required file is listed, and an
+    unlisted file that loading would read (under `tokenizer/`, the item graph) is refused."""
+    return manifest.verify_manifest(folder, REQUIRED, skip=(ONNX_CACHE,), read=_READ, what="bundle")
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_store.bundle import MANIFEST, verify_manifest, write_manifest
 from model_store.engine import TorchRunner
 from model_store.errors import BundleError, ElmrecError
 from model_store.fast_decoder import CrossCache, SelfCache
+from model_store.manifest import MANIFEST, verify_manifest, write_manifest
 from model_store.model import ElmrecModel
 from model_store.prompts import EncoderBatch
 

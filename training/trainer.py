@@ -242,7 +242,8 @@ class Trainer:
         self.device = device
         self.objective = make_objective(preset, prepared, reviews)
         torch.manual_seed(spec.seed)
-        self.model = new_model(prepared.model_config, prepared.omega, prepared.codec).to(device)
+        self.model = new_model(prepared.model_config, prepared.omega, prepared.codec,
+                               tokens=prepared.id_tokens).to(device)
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -302,9 +303,9 @@ class Trainer:
         return float(loss.detach())
 
     def engine(self, model: torch.nn.Module) -> InferenceEngine:
-        config = bundle_config(self.spec, self.preset, self.prepared, GraphPriorConfig(), "")
-        return make_engine(config, model, self.prepared.omega, self.prepared.codec, None,  # type: ignore[arg-type]
-                           self.device)
+        """The engine validation ranks with: the bundle's assembly, graph prior off."""
+        return assemble(self.spec, self.preset, self.prepared, Weights(model), GraphPriorConfig(), None,
+                        self.device)
 
     def validate(self) -> dict[str, Any]:
         """Validate the current weights (rank 0), update the best weights per selection key."""
@@ -484,7 +485,7 @@ def assemble(spec: RunSpec, preset: Preset, prepared: Prepared, weights: Weights
     """The engine the bundle will serve, built by the service's own assembly function."""
     config = bundle_config(spec, preset, prepared, prior, "")
     return make_engine(config, weights.model, prepared.omega, prepared.codec, item_graph,  # type: ignore[arg-type]
-                       device, direct_model=weights.direct)  # type: ignore[arg-type]
+                       device, direct_model=weights.direct, tokens=prepared.id_tokens)  # type: ignore[arg-type]
 
 
 def test_metrics(spec: RunSpec, preset: Preset, prepared: Prepared, engine: InferenceEngine,
